@@ -1,0 +1,187 @@
+"""Backward attention kernels: Pallas, Triton lowering.
+
+FlashAttention-2 backward (Dao 2023, Algorithm 2), split in two kernels so that no
+program writes what another accumulates (no atomics, bitwise deterministic):
+
+* dK/dV: one program per (key tile, batch, KV head) holds ``block_kv_dkv`` keys and
+  values, and streams the query tiles that see them, for every query head of its GQA
+  group, accumulating dK and dV in fp32 registers.
+* dQ: one program per (query tile, batch, query head) holds ``block_q_dq`` queries and
+  streams the key tiles they see, accumulating dQ.
+
+Both recompute P = exp(scale * q.k - lse) tile by tile from the forward pass's lse, and
+use delta = rowsum(dO * O) (minus dL/dlse), computed once beforehand. The dK/dV kernel
+works on transposed tiles (S^T = K Q^T) so P^T feeds the dV product without a transpose,
+as in Triton's fused-attention tutorial.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from jflash.kernels.triton import common
+from jflash.masks import MaskSpec, fold_tiles
+from jflash.tuning import AttentionConfig, padded_head_dim
+
+
+def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *,
+                scale: float, spec: MaskSpec, block_q: int, block_kv: int, head_dim: int,
+                groups: int):
+  # q_ref, do_ref: [T, G, Hp]; k_ref, v_ref, dk_ref, dv_ref: [block_kv, Hp];
+  # lse_ref (base 2), delta_ref: [G, T]
+  kv_start = pl.program_id(0) * block_kv
+  h_pad = k_ref.shape[-1]
+  cols = common.head_mask(head_dim, h_pad)
+  kv_pos = kv_start + jnp.arange(block_kv)
+  kv_rows = (kv_pos < spec.kv_len)[:, None] if spec.kv_len % block_kv else None
+  q_ragged = spec.q_len % block_q != 0
+  precision = common.dot_precision(k_ref.dtype)
+  c = scale * common.LOG2E
+  k = common.load(k_ref, kv_rows, cols)
+  v = common.load(v_ref, kv_rows, cols)
+  tiles = spec.q_tiles(kv_start, block_kv, block_q)
+
+  def one_head(g, carry):
+    def body(i, carry, masked):
+      dk, dv = carry
+      q_start = i * block_q
+      q_slice = pl.ds(pl.multiple_of(q_start, block_q), block_q)
+      q_pos = q_start + jnp.arange(block_q)
+      in_range = q_pos < spec.q_len if masked and q_ragged else None
+      rows = None if in_range is None else in_range[:, None]
+      q = common.load(q_ref.at[q_slice, g, :], rows, cols)
+      do = common.load(do_ref.at[q_slice, g, :], rows, cols)
+      # Rows past T get lse = +inf, so their probabilities are exactly 0.
+      lse = common.load(lse_ref.at[g, q_slice], in_range, other=jnp.inf)
+      delta = common.load(delta_ref.at[g, q_slice], in_range)
+      s_t = plgpu.dot(k, q, trans_b=True, precision=precision)  # [block_kv, block_q]
+      p_t = jnp.exp2(s_t * c - lse[None, :])
+      if masked:
+        p_t = jnp.where(spec.visible(q_pos[None, :], kv_pos[:, None]), p_t, 0.0)
+      dv = dv + plgpu.dot(p_t.astype(do.dtype), do, precision=precision)
+      dp_t = plgpu.dot(v, do, trans_b=True, precision=precision)
+      ds_t = p_t * (dp_t - delta[None, :])
+      dk = dk + plgpu.dot(ds_t.astype(q.dtype), q, precision=precision)
+      return dk, dv
+
+    return fold_tiles(tiles, body, carry)
+
+  zeros = jnp.zeros((block_kv, h_pad), jnp.float32)
+  if groups == 1:
+    dk, dv = one_head(jnp.int32(0), (zeros, zeros))
+  else:
+    dk, dv = lax.fori_loop(0, groups, one_head, (zeros, zeros))
+  common.store(dk_ref, (dk * scale).astype(dk_ref.dtype), kv_rows, cols)
+  common.store(dv_ref, dv.astype(dv_ref.dtype), kv_rows, cols)
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *, scale: float,
+               spec: MaskSpec, block_q: int, block_kv: int, head_dim: int, num_q_tiles: int):
+  # q_ref, do_ref, dq_ref: [block_q, Hp]; k_ref, v_ref: [S, Hp]; lse_ref, delta_ref: [block_q]
+  i = common.q_tile_index(pl.program_id(0), num_q_tiles, spec.is_causal)
+  q_start = i * block_q
+  h_pad = q_ref.shape[-1]
+  cols = common.head_mask(head_dim, h_pad)
+  q_pos = q_start + jnp.arange(block_q)
+  in_range = q_pos < spec.q_len if spec.q_len % block_q else None
+  q_rows = None if in_range is None else in_range[:, None]
+  kv_ragged = spec.kv_len % block_kv != 0
+  precision = common.dot_precision(q_ref.dtype)
+  c = scale * common.LOG2E
+  q = common.load(q_ref, q_rows, cols)
+  do = common.load(do_ref, q_rows, cols)
+  lse = common.load(lse_ref, in_range, other=jnp.inf)
+  delta = common.load(delta_ref, in_range)
+
+  def body(j, dq, masked):
+    kv_start = j * block_kv
+    kv_slice = pl.ds(pl.multiple_of(kv_start, block_kv), block_kv)
+    kv_pos = kv_start + jnp.arange(block_kv)
+    kv_rows = (kv_pos < spec.kv_len)[:, None] if masked and kv_ragged else None
+    k = common.load(k_ref.at[kv_slice, :], kv_rows, cols)
+    v = common.load(v_ref.at[kv_slice, :], kv_rows, cols)
+    s = plgpu.dot(q, k, trans_b=True, precision=precision)  # [block_q, block_kv]
+    p = jnp.exp2(s * c - lse[:, None])
+    if masked:
+      p = jnp.where(spec.visible(q_pos[:, None], kv_pos[None, :]), p, 0.0)
+    dp = plgpu.dot(do, v, trans_b=True, precision=precision)
+    ds = p * (dp - delta[:, None])
+    return dq + plgpu.dot(ds.astype(k.dtype), k, precision=precision)
+
+  dq = fold_tiles(spec.kv_tiles(q_start, block_q, block_kv), body,
+                  jnp.zeros((block_q, h_pad), jnp.float32))
+  common.store(dq_ref, (dq * scale).astype(dq_ref.dtype), q_rows, cols)
+
+
+def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, config: AttentionConfig,
+             interpret: bool = False):
+  """Attention backward pass on the GPU (or Pallas interpret mode).
+
+  Args:
+    q: [B, T, N, H]; k, v: [B, S, K, H]; do: [B, T, N, H] (dL/dout), one dtype.
+    lse: [B, T, N] float32 natural-log softmax normaliser from the forward pass.
+    delta: [B, T, N] float32, rowsum(do * out) minus dL/dlse.
+    scale, spec: as in the forward pass.
+    config: the `*_dkv` and `*_dq` fields are used.
+    interpret: run the kernels in Pallas interpret mode (CPU).
+
+  Returns:
+    (dq, dk, dv) with the shapes and dtypes of (q, k, v).
+  """
+  b, t, n, h = q.shape
+  s_len, kv_heads = k.shape[1], k.shape[2]
+  groups = n // kv_heads
+  h_pad = padded_head_dim(h)
+  # Row statistics as [B, N, T]: each tile reads them contiguously. lse in base 2.
+  lse2 = jnp.swapaxes(lse * common.LOG2E, 1, 2)
+  delta = jnp.swapaxes(delta, 1, 2)
+
+  block_q = common.tile_size(config.block_q_dkv, t)
+  block_kv = common.tile_size(config.block_kv_dkv, s_len)
+  grouped_rows = pl.BlockSpec((None, t, groups, h_pad), lambda j, bi, ki: (bi, 0, ki, 0))
+  kv_tile = pl.BlockSpec((None, block_kv, None, h_pad), lambda j, bi, ki: (bi, j, ki, 0))
+  grouped_stats = pl.BlockSpec((None, groups, t), lambda j, bi, ki: (bi, ki, 0))
+  dk, dv = pl.pallas_call(
+      functools.partial(_dkv_kernel, scale=scale, spec=spec, block_q=block_q,
+                        block_kv=block_kv, head_dim=h, groups=groups),
+      grid=(common.cdiv(s_len, block_kv), b, kv_heads),
+      in_specs=[grouped_rows, kv_tile, kv_tile, grouped_rows, grouped_stats, grouped_stats],
+      out_specs=[kv_tile, kv_tile],
+      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      compiler_params=plgpu.CompilerParams(num_warps=config.num_warps_dkv,
+                                           num_stages=config.num_stages_dkv),
+      interpret=interpret,
+      name="jflash_bwd_dkv",
+  )(q, k, v, do, lse2, delta)
+
+  block_q = common.tile_size(config.block_q_dq, t)
+  block_kv = common.tile_size(config.block_kv_dq, s_len)
+  num_q_tiles = common.cdiv(t, block_q)
+
+  def q_block(i, bi, ni):
+    return bi, common.q_tile_index(i, num_q_tiles, spec.is_causal), ni, 0
+
+  q_tile = pl.BlockSpec((None, block_q, None, h_pad), q_block)
+  kv_rows = pl.BlockSpec((None, s_len, None, h_pad),
+                         lambda i, bi, ni: (bi, 0, lax.div(ni, np.int32(groups)), 0))
+  stats = pl.BlockSpec((None, None, block_q), lambda i, bi, ni: (bi, ni, q_block(i, bi, ni)[1]))
+  dq = pl.pallas_call(
+      functools.partial(_dq_kernel, scale=scale, spec=spec, block_q=block_q,
+                        block_kv=block_kv, head_dim=h, num_q_tiles=num_q_tiles),
+      grid=(num_q_tiles, b, n),
+      in_specs=[q_tile, kv_rows, kv_rows, q_tile, stats, stats],
+      out_specs=q_tile,
+      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      compiler_params=plgpu.CompilerParams(num_warps=config.num_warps_dq,
+                                           num_stages=config.num_stages_dq),
+      interpret=interpret,
+      name="jflash_bwd_dq",
+  )(q, k, v, do, lse2, delta)
+  return dq, dk, dv

@@ -1,0 +1,120 @@
+"""Forward attention kernel: Pallas, Triton lowering.
+
+FlashAttention-2 (Dao 2023, Algorithm 1): one program per (query tile, batch, head)
+keeps its ``block_q`` queries on chip and streams the key/value tiles it sees through
+shared memory, with a running row max ``m``, row sum ``l`` and an unnormalised fp32
+accumulator (online softmax, base 2 with log2(e) folded into the scale as in Triton's
+fused-attention tutorial). Only tiles that straddle the mask edge are masked; tiles
+entirely masked are never visited (see :mod:`jflash.masks`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from jflash.kernels.triton import common
+from jflash.masks import MaskSpec, fold_tiles
+from jflash.tuning import AttentionConfig, padded_head_dim
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale: float, spec: MaskSpec,
+                    block_q: int, block_kv: int, head_dim: int, num_q_tiles: int):
+  # q_ref, o_ref: [block_q, Hp]; k_ref, v_ref: [S, Hp]; lse_ref: [block_q]
+  i = common.q_tile_index(pl.program_id(0), num_q_tiles, spec.is_causal)
+  q_start = i * block_q
+  cols = common.head_mask(head_dim, q_ref.shape[-1])
+  q_pos = q_start + jnp.arange(block_q)
+  q_rows = (q_pos < spec.q_len)[:, None] if spec.q_len % block_q else None
+  kv_ragged = spec.kv_len % block_kv != 0
+  precision = common.dot_precision(q_ref.dtype)
+  c = scale * common.LOG2E  # scores -> base-2 exponents
+  q = common.load(q_ref, q_rows, cols)
+
+  def body(j, carry, masked):
+    acc, m, l = carry
+    kv_start = j * block_kv
+    kv_slice = pl.ds(pl.multiple_of(kv_start, block_kv), block_kv)
+    kv_pos = kv_start + jnp.arange(block_kv)
+    kv_rows = (kv_pos < spec.kv_len)[:, None] if masked and kv_ragged else None
+    k = common.load(k_ref.at[kv_slice, :], kv_rows, cols)
+    s = plgpu.dot(q, k, trans_b=True, precision=precision)  # [block_q, block_kv] fp32
+    if masked:
+      s = jnp.where(spec.visible(q_pos[:, None], kv_pos[None, :]), s, -jnp.inf)
+    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+    # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.
+    m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
+    alpha = jnp.exp2((m - m_use) * c)
+    p = jnp.exp2(s * c - (m_use * c)[:, None])
+    l = l * alpha + jnp.sum(p, axis=1)
+    v = common.load(v_ref.at[kv_slice, :], kv_rows, cols)
+    acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v, precision=precision)
+    return acc, m_new, l
+
+  init = (jnp.zeros((block_q, q_ref.shape[-1]), jnp.float32),
+          jnp.full((block_q,), -jnp.inf, jnp.float32), jnp.zeros((block_q,), jnp.float32))
+  acc, m, l = fold_tiles(spec.kv_tiles(q_start, block_q, block_kv), body, init)
+  empty = l == 0.0  # the row saw no key: out = 0, lse = -inf
+  out = acc * (1.0 / jnp.where(empty, 1.0, l))[:, None]
+  lse = jnp.where(empty, -jnp.inf, m * scale + jnp.log2(l) * common.LN2)
+  common.store(o_ref, out.astype(o_ref.dtype), q_rows, cols)
+  common.store(lse_ref, lse, None if q_rows is None else q_rows[:, 0])
+
+
+def forward(q, k, v, *, scale: float, spec: MaskSpec, config: AttentionConfig,
+            interpret: bool = False):
+  """Attention forward pass on the GPU (or Pallas interpret mode).
+
+  Args:
+    q: [B, T, N, H]; k, v: [B, S, K, H]; one dtype (bfloat16, float16 or float32),
+      N % K == 0, 1 <= H <= 256.
+    scale: multiplies q.k before the softmax.
+    spec: the mask (T, S, causality).
+    config: `block_q`, `block_kv`, `num_warps`, `num_stages` are used.
+    interpret: run the kernel in Pallas interpret mode (CPU).
+
+  Returns:
+    (out [B, T, N, H] in q.dtype, lse [B, T, N] float32, natural log).
+  """
+  b, t, n, h = q.shape
+  s_len, kv_heads = k.shape[1], k.shape[2]
+  groups = n // kv_heads
+  h_pad = padded_head_dim(h)
+  block_q = common.tile_size(config.block_q, t)
+  block_kv = common.tile_size(config.block_kv, s_len)
+  num_q_tiles = common.cdiv(t, block_q)
+
+  def q_block(i, bi, ni):
+    return bi, common.q_tile_index(i, num_q_tiles, spec.is_causal), ni, 0
+
+  def kv_block(i, bi, ni):
+    return bi, 0, lax.div(ni, np.int32(groups)), 0
+
+  kernel = functools.partial(_forward_kernel, scale=scale, spec=spec, block_q=block_q,
+                             block_kv=block_kv, head_dim=h, num_q_tiles=num_q_tiles)
+  out, lse = pl.pallas_call(
+      kernel,
+      grid=(num_q_tiles, b, n),
+      in_specs=[
+          pl.BlockSpec((None, block_q, None, h_pad), q_block),
+          pl.BlockSpec((None, s_len, None, h_pad), kv_block),
+          pl.BlockSpec((None, s_len, None, h_pad), kv_block),
+      ],
+      out_specs=[
+          pl.BlockSpec((None, block_q, None, h_pad), q_block),
+          pl.BlockSpec((None, block_q, None), lambda i, bi, ni: q_block(i, bi, ni)[:3]),
+      ],
+      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                 jax.ShapeDtypeStruct((b, t, n), jnp.float32)],
+      compiler_params=plgpu.CompilerParams(num_warps=config.num_warps,
+                                           num_stages=config.num_stages),
+      interpret=interpret,
+      name="jflash_fwd",
+  )(q, k, v)
+  return out, lse
