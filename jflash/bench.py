@@ -1,0 +1,149 @@
+"""Side-by-side GPU timing of jflash against cuDNN and JAX's bundled Pallas `mha`.
+
+``python -m jflash.bench`` runs, in one process on one GPU, the FlashAttention papers'
+grid (bf16, B*T = 16k tokens, N*H = 2048) for every attention it can run there, and
+prints forward and backward TFLOP/s. GPU time comes from CUPTI
+(`jax.experimental.mosaic.gpu.profiler.measure`): the median over `--iterations` runs
+after warm-up. FLOPs follow FlashAttention: forward 4*B*N*T*S*H (halved when causal),
+backward 2.5x the forward; backward time = (forward + backward) - forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+import jflash
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  head_dim: int
+  seq_len: int
+  is_causal: bool
+  dtype: str = "bfloat16"
+  tokens: int = 16384
+  width: int = 2048  # N * H
+
+  @property
+  def batch(self) -> int:
+    return max(1, self.tokens // self.seq_len)
+
+  @property
+  def heads(self) -> int:
+    return self.width // self.head_dim
+
+  def forward_flops(self) -> float:
+    flops = 4.0 * self.batch * self.heads * self.seq_len * self.seq_len * self.head_dim
+    return flops / 2 if self.is_causal else flops
+
+
+def gpu_time_ms(fn, *args, iterations: int = 20, warmup: int = 3) -> float:
+  """Median GPU time of `fn(*args)` in milliseconds, from CUPTI kernel timestamps."""
+  from jax.experimental.mosaic.gpu import profiler  # pylint: disable=g-import-not-at-top
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  _, times = profiler.measure(fn, iterations=iterations)(*args)
+  return statistics.median(times)
+
+
+def _attention_fns(name: str, case: Case, config=None):
+  """(forward, forward+backward) callables for one implementation, or None if unsupported."""
+  scale = case.head_dim ** -0.5
+  if name.startswith("jflash"):
+    impl = name.split(":")[1] if ":" in name else None
+
+    def attn(q, k, v):
+      return jflash.attention(q, k, v, is_causal=case.is_causal, implementation=impl,
+                              config=config)
+  elif name in ("cudnn", "xla"):
+    def attn(q, k, v):
+      return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=case.is_causal,
+                                          implementation=name)
+  elif name == "pallas_mha":
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", DeprecationWarning)
+      from jax.experimental.pallas.ops.gpu import attention as mha_module  # pylint: disable=g-import-not-at-top
+
+    def attn(q, k, v):
+      return mha_module.mha(q, k, v, segment_ids=None, sm_scale=scale, causal=case.is_causal)
+  else:
+    raise ValueError(f"unknown implementation {name!r}")
+
+  fwd = jax.jit(attn)
+
+  @jax.jit
+  def fwd_bwd(q, k, v, do):
+    out, vjp = jax.vjp(attn, q, k, v)
+    return vjp(do)
+
+  return fwd, fwd_bwd
+
+
+def run_case(name: str, case: Case, iterations: int = 20, config=None) -> dict:
+  """Times one implementation on one case; failures become a row that says why."""
+  row = dict(impl=name, **dataclasses.asdict(case), batch=case.batch, heads=case.heads)
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  shape = (case.batch, case.seq_len, case.heads, case.head_dim)
+  q, k, v, do = (jax.random.normal(key, shape, case.dtype) for key in keys)
+  try:
+    fwd, fwd_bwd = _attention_fns(name, case, config)
+    t_fwd = gpu_time_ms(fwd, q, k, v, iterations=iterations)
+    t_all = gpu_time_ms(fwd_bwd, q, k, v, do, iterations=iterations)
+  except Exception as e:  # an unsupported case or OOM is a row, never a crash
+    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return row
+  flops = case.forward_flops()
+  t_bwd = max(t_all - t_fwd, 1e-9)
+  row.update(fwd_ms=t_fwd, bwd_ms=t_bwd, fwd_bwd_ms=t_all,
+             fwd_tflops=flops / t_fwd / 1e9, bwd_tflops=2.5 * flops / t_bwd / 1e9,
+             fwd_bwd_tflops=3.5 * flops / t_all / 1e9)
+  return row
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--head-dim", type=int, nargs="*", default=[64, 128, 256])
+  parser.add_argument("--seq-len", type=int, nargs="*", default=[1024, 4096, 16384])
+  parser.add_argument("--causal", choices=["yes", "no", "both"], default="both")
+  parser.add_argument("--impl", nargs="*", default=["jflash", "cudnn", "pallas_mha"])
+  parser.add_argument("--iterations", type=int, default=20)
+  parser.add_argument("--json", help="write the rows to this file")
+  args = parser.parse_args(argv)
+  if jax.default_backend() != "gpu":
+    print(f"jflash.bench needs a GPU; JAX sees only {jax.devices()}", file=sys.stderr)
+    return 2
+  causal = {"yes": [True], "no": [False], "both": [False, True]}[args.causal]
+  device = jax.devices()[0]
+  print(f"# {device.device_kind}, jax {jax.__version__}, jflash {jflash.__version__}")
+  rows = []
+  for h in args.head_dim:
+    for t in args.seq_len:
+      for c in causal:
+        case = Case(h, t, c)
+        for name in args.impl:
+          start = time.time()
+          row = run_case(name, case, args.iterations)
+          rows.append(row)
+          if "error" in row:
+            print(f"H={h:3d} T={t:5d} causal={c!s:5} {name:12s} {row['error']}", flush=True)
+          else:
+            print(f"H={h:3d} T={t:5d} causal={c!s:5} {name:12s} fwd {row['fwd_tflops']:6.1f} "
+                  f"bwd {row['bwd_tflops']:6.1f} TFLOP/s  ({row['fwd_ms']:.3f} / "
+                  f"{row['bwd_ms']:.3f} ms) [{time.time() - start:.0f}s]", flush=True)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(dict(device=device.device_kind, jax=jax.__version__, rows=rows), f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
