@@ -204,11 +204,13 @@ def _check_dtypes(q, k, v):
 def _check_scale(scale, head_dim: int) -> float:
   if scale is None:
     return 1.0 / math.sqrt(head_dim)
+  if isinstance(scale, (str, bytes, bool)):
+    raise ValueError(f"scale must be a positive finite number, got {scale!r}")
   try:
     value = float(scale)
   except (TypeError, jax.errors.ConcretizationTypeError):
     raise ValueError(f"scale must be a Python float known at trace time, got {scale!r}") from None
-  if isinstance(scale, bool) or not math.isfinite(value) or value <= 0:
+  if not math.isfinite(value) or value <= 0:
     raise ValueError(f"scale must be a positive finite number, got {scale!r}")
   return value
 

@@ -90,7 +90,9 @@ class MaskSpec:
     lo = full_lo = 0
     if self.is_causal:
       lo = _div(kv_start, block_q)
-      full_lo = _cdiv(kv_start + block_kv - 1, block_q)
+      kv_last = _min(kv_start + block_kv, self.kv_len) - 1
+      full_lo = _cdiv(kv_last, block_q)
+      hi = _where(kv_start < self.q_len, hi, 0)  # keys past the last query: no one sees them
     return _ordered(lo, full_lo, full_hi, hi)
 
 
@@ -135,6 +137,10 @@ def _cdiv(a: Index, b: int) -> Index:
 
 def _min(a: Index, b: Index) -> Index:
   return min(a, b) if _static(a, b) else jnp.minimum(a, b)
+
+
+def _where(cond, a: Index, b: Index) -> Index:
+  return (a if cond else b) if _static(cond) or isinstance(cond, bool) else jnp.where(cond, a, b)
 
 
 def _max(a: Index, b: Index) -> Index:

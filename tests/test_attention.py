@@ -1,0 +1,147 @@
+"""Forward, lse and gradients of both implementations against the fp32 oracle."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jflash
+from jflash.reference import dense_attention
+from conftest import (IMPLEMENTATIONS, ON_GPU, assert_within_criterion, interpret_for, jax_nn_with_grads,
+                      max_err, oracle_with_grads, random_inputs)
+
+BF16, F16, F32 = jnp.bfloat16, jnp.float16, jnp.float32
+
+# (B, T, S, N, K, H, is_causal, dtype): every T, S in {1, 17, 128, 200, 257}, every H in
+# {32, 64, 80, 128, 256} plus odd ones (1, 96, 200), GQA ratios 1, 2 and N, causal on and
+# off, T < S and T > S, each dtype; chosen so that most pairs of those values meet.
+CASES = [
+    (2, 1, 1, 2, 1, 32, False, F32),
+    (1, 1, 17, 4, 2, 64, True, BF16),
+    (2, 17, 17, 4, 4, 80, True, F16),
+    (1, 17, 200, 4, 1, 128, False, F32),
+    (1, 128, 128, 4, 2, 64, True, BF16),
+    (2, 128, 257, 2, 2, 256, False, BF16),
+    (1, 200, 200, 4, 2, 32, True, F32),
+    (1, 200, 17, 4, 4, 128, True, F16),
+    (1, 257, 257, 3, 1, 80, True, BF16),
+    (1, 257, 128, 2, 1, 256, True, F32),
+    (2, 17, 257, 4, 2, 32, True, F16),
+    (1, 128, 1, 2, 2, 128, False, BF16),
+    (1, 257, 200, 4, 2, 64, False, F16),
+    (2, 200, 128, 8, 8, 256, False, F16),
+    (1, 1, 257, 4, 4, 80, False, F32),
+    (2, 128, 17, 6, 3, 32, False, BF16),
+    (1, 257, 1, 2, 1, 64, True, F32),
+    (1, 17, 128, 4, 1, 256, True, BF16),
+    (1, 33, 40, 2, 1, 1, True, F32),
+    (1, 64, 64, 2, 2, 200, False, BF16),
+    (1, 70, 90, 2, 1, 96, True, F16),
+]
+
+
+def _case_id(case):
+  b, t, s, n, k, h, causal, dtype = case
+  return f"B{b}-T{t}-S{s}-N{n}-K{k}-H{h}-{'causal' if causal else 'full'}-{jnp.dtype(dtype).name}"
+
+
+def check_case(case, implementation, config=None, seed=0):
+  b, t, s, n, kv_heads, h, is_causal, dtype = case
+  q, k, v, do = random_inputs(seed, b, t, s, n, kv_heads, h, dtype)
+  scale = h ** -0.5
+  out_ref, lse_ref, grads_ref = oracle_with_grads(q, k, v, do, scale=scale, is_causal=is_causal)
+  out_nn, grads_nn = jax_nn_with_grads(q, k, v, do, scale=scale, is_causal=is_causal)
+
+  def f(q, k, v):
+    return jflash.attention(q, k, v, is_causal=is_causal, implementation=implementation,
+                            interpret=interpret_for(implementation), return_lse=True,
+                            config=config)
+
+  (out, lse), vjp = jax.vjp(jax.jit(f), q, k, v)
+  grads = vjp((do, jnp.zeros_like(lse)))
+
+  chex.assert_shape(out, (b, t, n, h))
+  chex.assert_shape(lse, (b, t, n))
+  chex.assert_type([out, *grads], dtype)
+  chex.assert_type(lse, jnp.float32)
+  chex.assert_trees_all_equal_shapes_and_dtypes(grads, (q, k, v))
+  chex.assert_tree_all_finite((out, lse, grads))
+  assert_within_criterion("out", max_err(out, out_ref), max_err(out_nn, out_ref))
+  # jax.nn returns no lse: hold it to fp32 rounding of the logits' magnitude.
+  assert max_err(lse, lse_ref) <= 1e-5 * (1 + float(jnp.max(jnp.abs(lse_ref))))
+  for name, g, g_ref, g_nn in zip(("dq", "dk", "dv"), grads, grads_ref, grads_nn):
+    assert_within_criterion(name, max_err(g, g_ref), max_err(g_nn, g_ref))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_matches_oracle(case, implementation):
+  check_case(case, implementation)
+
+
+# Small tiles, so one call has many tiles of each kind: fully visible, straddling the
+# diagonal, ragged at the end of T and of S, and (for the dK/dV kernel) skipped.
+SMALL_TILES = jflash.AttentionConfig(
+    block_q=32, block_kv=16, num_warps=4, num_stages=2, block_q_dkv=16, block_kv_dkv=32,
+    block_q_dq=32, block_kv_dq=16)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", [
+    (1, 100, 100, 2, 1, 64, True, F32),
+    (1, 70, 130, 4, 2, 32, True, BF16),
+    (1, 130, 70, 2, 2, 32, False, F16),
+], ids=_case_id)
+def test_many_tiles(case, implementation):
+  check_case(case, implementation, config=SMALL_TILES)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_lse_is_differentiable(implementation):
+  """d(sum lse)/dq against the oracle: the lse cotangent path of the custom_vjp."""
+  q, k, v, _ = random_inputs(1, 1, 40, 50, 2, 1, 32, F32)
+
+  def loss(fn):
+    return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
+
+  def ours(q, k, v):
+    return jflash.attention(q, k, v, is_causal=True, implementation=implementation,
+                            interpret=interpret_for(implementation), return_lse=True)[1]
+
+  def oracle(q, k, v):
+    return dense_attention(q, k, v, scale=32 ** -0.5, is_causal=True)[1]
+
+  grads = jax.grad(loss(ours), argnums=(0, 1, 2))(q, k, v)
+  grads_ref = jax.grad(loss(oracle), argnums=(0, 1, 2))(q, k, v)
+  chex.assert_trees_all_close(grads, grads_ref, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_unbatched_matches_batched(implementation):
+  q, k, v, _ = random_inputs(2, 1, 33, 20, 4, 2, 64, F32)
+  kwargs = dict(implementation=implementation, interpret=interpret_for(implementation),
+                return_lse=True)
+  out, lse = jflash.attention(q[0], k[0], v[0], **kwargs)
+  out_b, lse_b = jflash.attention(q, k, v, **kwargs)
+  chex.assert_shape(out, (33, 4, 64))
+  chex.assert_shape(lse, (33, 4))
+  chex.assert_trees_all_equal((out, lse), (out_b[0], lse_b[0]))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_custom_scale(implementation):
+  q, k, v, _ = random_inputs(3, 1, 40, 40, 2, 2, 32, F32)
+  out = jflash.attention(q, k, v, scale=0.05, implementation=implementation,
+                         interpret=interpret_for(implementation))
+  ref, _ = dense_attention(q, k, v, scale=0.05, is_causal=False)
+  chex.assert_trees_all_close(out, ref, atol=1e-5)
+
+
+def test_default_implementation_is_best_available():
+  q, k, v, _ = random_inputs(4, 1, 20, 20, 2, 2, 32, F32)
+  expected = "triton" if ON_GPU else "xla"
+  chex.assert_trees_all_equal(jflash.attention(q, k, v),
+                              jflash.attention(q, k, v, implementation=expected))

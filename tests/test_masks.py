@@ -1,0 +1,75 @@
+"""Tile ranges of MaskSpec against a brute-force look at every tile of the mask."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jflash.masks import MaskSpec
+
+
+def _dense(spec: MaskSpec, t_pad: int, s_pad: int) -> np.ndarray:
+  return np.asarray(spec.visible(jnp.arange(t_pad)[:, None], jnp.arange(s_pad)[None, :]))
+
+
+def _check_run(tiles, any_visible, needs_all):
+  lo, full_lo, full_hi, hi = (int(x) for x in tiles)
+  assert lo <= full_lo <= full_hi <= hi <= len(any_visible)
+  visited = np.zeros(len(any_visible), bool)
+  visited[lo:hi] = True
+  # Every tile with a visible entry is visited, and no tile without one.
+  np.testing.assert_array_equal(visited, any_visible)
+  # Tiles run unmasked must be fully visible over the entries that matter.
+  assert all(needs_all[j] for j in range(full_lo, full_hi)), (tiles, needs_all)
+  # With no other mask than causal + lengths, every fully visible tile is run unmasked
+  # except possibly at the run boundaries; check the masked runs hold only straddlers
+  # or the single ragged tile.
+  masked = [j for j in range(lo, hi) if not full_lo <= j < full_hi]
+  assert sum(needs_all[j] for j in masked) <= 1, (tiles, needs_all)
+
+
+SIZES = [1, 5, 16, 17, 64, 100, 128, 200]
+BLOCKS = [16, 32, 64]
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_kv_tiles_match_brute_force(is_causal):
+  for t, s, bq, bkv in itertools.product(SIZES, SIZES, BLOCKS, BLOCKS):
+    spec = MaskSpec(t, s, is_causal)
+    nq, nkv = -(-t // bq), -(-s // bkv)
+    vis = _dense(spec, nq * bq, nkv * bkv)
+    for i in range(nq):
+      rows = vis[i * bq:(i + 1) * bq]
+      tiles_ = rows.reshape(bq, nkv, bkv)
+      any_visible = tiles_.any(axis=(0, 2))
+      # Rows past T are padding: a tile needs no mask if all *real* rows see all its keys.
+      real = rows[: max(0, min(bq, t - i * bq))].reshape(-1, nkv, bkv)
+      needs_all = real.all(axis=(0, 2)) & (np.arange(nkv) * bkv + bkv <= s)
+      _check_run(spec.kv_tiles(i * bq, bq, bkv), any_visible,
+                 needs_all=needs_all)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_q_tiles_match_brute_force(is_causal):
+  for t, s, bq, bkv in itertools.product(SIZES, SIZES, BLOCKS, BLOCKS):
+    spec = MaskSpec(t, s, is_causal)
+    nq, nkv = -(-t // bq), -(-s // bkv)
+    vis = _dense(spec, nq * bq, nkv * bkv)
+    for j in range(nkv):
+      cols = vis[:, j * bkv:(j + 1) * bkv]
+      any_visible = cols.reshape(nq, bq, bkv).any(axis=(1, 2))
+      real = cols[:, : max(0, min(bkv, s - j * bkv))]
+      needs_all = real.reshape(nq, bq, -1).all(axis=(1, 2)) & (np.arange(nq) * bq + bq <= t)
+      _check_run(spec.q_tiles(j * bkv, bkv, bq), any_visible,
+                 needs_all=needs_all)
+
+
+def test_causal_skips_tiles_above_the_diagonal():
+  spec = MaskSpec(1024, 1024, is_causal=True)
+  lo, full_lo, full_hi, hi = spec.kv_tiles(256, 128, 64)  # query rows 256..383
+  assert (lo, full_lo, full_hi, hi) == (0, 0, 4, 6)  # tiles 4, 5 straddle; 6.. skipped
+  lo, full_lo, full_hi, hi = spec.q_tiles(256, 64, 128)  # keys 256..319
+  assert (lo, full_lo, full_hi, hi) == (2, 3, 8, 8)  # tile 2 straddles; 0, 1 skipped
