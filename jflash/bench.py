@@ -109,6 +109,71 @@ def run_case(name: str, case: Case, iterations: int = 20, config=None) -> dict:
   return row
 
 
+# Block-size candidates for --sweep, per padded head dim: (block_q, block_kv, warps, stages)
+# for the forward, dK/dV and dQ kernels. Candidate i of each list runs in the same call.
+SWEEP = {
+    64: dict(
+        fwd=[(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3),
+             (128, 32, 4, 4), (64, 128, 4, 3), (128, 64, 4, 4)],
+        dkv=[(64, 128, 8, 2), (32, 128, 4, 2), (32, 128, 8, 3), (64, 64, 4, 2), (64, 128, 4, 2),
+             (32, 64, 4, 3), (16, 128, 4, 3), (64, 128, 8, 3)],
+        dq=[(128, 64, 8, 2), (128, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 3), (64, 32, 4, 3),
+            (128, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 3)]),
+    128: dict(
+        fwd=[(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3),
+             (128, 32, 4, 4), (64, 128, 4, 2), (128, 64, 8, 2)],
+        dkv=[(64, 128, 8, 2), (32, 128, 4, 2), (32, 128, 8, 3), (64, 64, 4, 2), (64, 128, 4, 2),
+             (32, 64, 4, 3), (16, 128, 4, 3), (64, 128, 8, 3)],
+        dq=[(128, 64, 8, 2), (128, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 3), (64, 32, 4, 3),
+            (128, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 3)]),
+    256: dict(
+        fwd=[(64, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 8, 2),
+             (32, 64, 4, 2), (128, 64, 8, 1), (64, 128, 8, 1)],
+        dkv=[(32, 64, 8, 2), (32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 3),
+             (64, 32, 4, 2), (16, 128, 8, 2), (64, 64, 8, 1)],
+        dq=[(64, 32, 8, 2), (64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2), (32, 64, 4, 2),
+            (64, 16, 4, 3), (128, 64, 8, 1), (64, 64, 8, 1)]),
+}
+
+
+def kernel_times_ms(case: Case, config, iterations: int = 20) -> dict[str, float]:
+  """Median GPU time of each jflash kernel in one forward+backward, by kernel name."""
+  from jax.experimental.mosaic.gpu import profiler  # pylint: disable=g-import-not-at-top
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  shape = (case.batch, case.seq_len, case.heads, case.head_dim)
+  q, k, v, do = (jax.random.normal(key, shape, case.dtype) for key in keys)
+  _, fwd_bwd = _attention_fns("jflash:triton", case, config)
+  jax.block_until_ready(fwd_bwd(q, k, v, do))
+  _, runs = profiler.measure(fwd_bwd, aggregate=False, iterations=iterations)(q, k, v, do)
+  times: dict[str, list[float]] = {}
+  for run in runs:
+    for name, ms in run:
+      kernel = next((k for k in ("dkv", "dq", "fwd") if k in name), name)
+      times.setdefault(kernel, []).append(ms)
+  return {name: statistics.median(ms) for name, ms in times.items()}
+
+
+def sweep(case: Case, iterations: int = 20) -> list[dict]:
+  """Times each candidate block config of SWEEP on one case, kernel by kernel."""
+  table = SWEEP[jflash.tuning.padded_head_dim(case.head_dim)]
+  rows = []
+  for fwd, dkv, dq in zip(table["fwd"], table["dkv"], table["dq"]):
+    config = jflash.AttentionConfig(
+        block_q=fwd[0], block_kv=fwd[1], num_warps=fwd[2], num_stages=fwd[3],
+        block_q_dkv=dkv[0], block_kv_dkv=dkv[1], num_warps_dkv=dkv[2], num_stages_dkv=dkv[3],
+        block_q_dq=dq[0], block_kv_dq=dq[1], num_warps_dq=dq[2], num_stages_dq=dq[3])
+    row = dict(case=dataclasses.asdict(case), fwd=fwd, dkv=dkv, dq=dq)
+    try:
+      row.update(kernel_times_ms(case, config, iterations))
+    except Exception as e:  # a config that does not compile is a row, never a crash
+      row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    rows.append(row)
+    print(f"H={case.head_dim} T={case.seq_len} causal={case.is_causal!s:5} fwd {fwd} "
+          f"{row.get('fwd', float('nan')):.3f} ms | dkv {dkv} {row.get('dkv', float('nan')):.3f} "
+          f"ms | dq {dq} {row.get('dq', float('nan')):.3f} ms {row.get('error', '')}", flush=True)
+  return rows
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--head-dim", type=int, nargs="*", default=[64, 128, 256])
@@ -117,6 +182,8 @@ def main(argv=None) -> int:
   parser.add_argument("--impl", nargs="*", default=["jflash", "cudnn", "pallas_mha"])
   parser.add_argument("--iterations", type=int, default=20)
   parser.add_argument("--json", help="write the rows to this file")
+  parser.add_argument("--sweep", action="store_true",
+                      help="time the block-size candidates of SWEEP, kernel by kernel")
   args = parser.parse_args(argv)
   if jax.default_backend() != "gpu":
     print(f"jflash.bench needs a GPU; JAX sees only {jax.devices()}", file=sys.stderr)
@@ -125,6 +192,15 @@ def main(argv=None) -> int:
   device = jax.devices()[0]
   print(f"# {device.device_kind}, jax {jax.__version__}, jflash {jflash.__version__}")
   rows = []
+  if args.sweep:
+    for h in args.head_dim:
+      for t in args.seq_len:
+        for c in causal:
+          rows.extend(sweep(Case(h, t, c), args.iterations))
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(dict(device=device.device_kind, jax=jax.__version__, rows=rows), f, indent=1)
+    return 0
   for h in args.head_dim:
     for t in args.seq_len:
       for c in causal:

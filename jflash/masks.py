@@ -140,7 +140,10 @@ def _min(a: Index, b: Index) -> Index:
 
 
 def _where(cond, a: Index, b: Index) -> Index:
-  return (a if cond else b) if _static(cond) or isinstance(cond, bool) else jnp.where(cond, a, b)
+  if isinstance(cond, bool):
+    return a if cond else b
+  # Typed int32 operands: the Triton lowering gives weakly typed literals the wrong type.
+  return jnp.where(cond, jnp.asarray(a, jnp.int32), jnp.asarray(b, jnp.int32))
 
 
 def _max(a: Index, b: Index) -> Index:
