@@ -143,18 +143,19 @@ def default_config(head_dim: int, dtype, is_causal: bool,
   del is_causal  # Same tiles today; kept in the key so causal can be tuned separately.
   h = padded_head_dim(head_dim)
   wide = jnp.dtype(dtype).itemsize > 2
+  # Measured on an H200 (BUILD_NOTES.md, "Tuning"): python -m jflash.bench --sweep.
   if h <= 64:
-    config = AttentionConfig(block_q=128, block_kv=64, num_warps=4, num_stages=3,
-                             block_q_dkv=64, block_kv_dkv=128, num_warps_dkv=8, num_stages_dkv=2,
-                             block_q_dq=128, block_kv_dq=64, num_warps_dq=8, num_stages_dq=2)
-  elif h <= 128:
     config = AttentionConfig(block_q=128, block_kv=64, num_warps=8, num_stages=3,
-                             block_q_dkv=64, block_kv_dkv=128, num_warps_dkv=8, num_stages_dkv=2,
-                             block_q_dq=128, block_kv_dq=64, num_warps_dq=8, num_stages_dq=2)
+                             block_q_dkv=32, block_kv_dkv=64, num_warps_dkv=4, num_stages_dkv=3,
+                             block_q_dq=64, block_kv_dq=64, num_warps_dq=4, num_stages_dq=2)
+  elif h <= 128:
+    config = AttentionConfig(block_q=128, block_kv=128, num_warps=8, num_stages=3,
+                             block_q_dkv=64, block_kv_dkv=64, num_warps_dkv=4, num_stages_dkv=2,
+                             block_q_dq=128, block_kv_dq=64, num_warps_dq=8, num_stages_dq=3)
   else:
-    config = AttentionConfig(block_q=64, block_kv=64, num_warps=8, num_stages=2,
-                             block_q_dkv=32, block_kv_dkv=64, num_warps_dkv=8, num_stages_dkv=2,
-                             block_q_dq=64, block_kv_dq=32, num_warps_dq=8, num_stages_dq=2)
+    config = AttentionConfig(block_q=128, block_kv=64, num_warps=8, num_stages=2,
+                             block_q_dkv=64, block_kv_dkv=32, num_warps_dkv=4, num_stages_dkv=2,
+                             block_q_dq=128, block_kv_dq=64, num_warps_dq=8, num_stages_dq=1)
   if wide:
     config = _halve(config)
   # Shrink until it fits the GPU's shared memory (e.g. consumer parts with 99 KiB).
