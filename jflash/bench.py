@@ -175,6 +175,17 @@ def sweep(case: Case, iterations: int = 20) -> list[dict]:
   return rows
 
 
+def temp_memory_bytes(name: str, case: Case, with_grad: bool = True) -> int | str:
+  """XLA's compiled peak temporary memory for one implementation (compiles, never runs)."""
+  shape = jax.ShapeDtypeStruct((case.batch, case.seq_len, case.heads, case.head_dim), case.dtype)
+  try:
+    fwd, fwd_bwd = _attention_fns(name, case)
+    fn, args = (fwd_bwd, (shape,) * 4) if with_grad else (fwd, (shape,) * 3)
+    return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
+  except Exception as e:  # OOM at compile time, unsupported case
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--head-dim", type=int, nargs="*", default=[64, 128, 256])
@@ -183,6 +194,8 @@ def main(argv=None) -> int:
   parser.add_argument("--impl", nargs="*", default=["jflash", "cudnn", "pallas_mha"])
   parser.add_argument("--iterations", type=int, default=20)
   parser.add_argument("--json", help="write the rows to this file")
+  parser.add_argument("--memory", action="store_true",
+                      help="peak temporary memory of fwd+bwd, B=1, N*H=2048, per --seq-len")
   parser.add_argument("--sweep", action="store_true",
                       help="time the block-size candidates of SWEEP, kernel by kernel")
   args = parser.parse_args(argv)
@@ -193,6 +206,16 @@ def main(argv=None) -> int:
   device = jax.devices()[0]
   print(f"# {device.device_kind}, jax {jax.__version__}, jflash {jflash.__version__}")
   rows = []
+  if args.memory:
+    for h in args.head_dim:
+      for t in args.seq_len:
+        case = Case(h, t, True, tokens=t)
+        for name in args.impl:
+          used = temp_memory_bytes(name, case)
+          text = used if isinstance(used, str) else f"{used / 2**20:10.1f} MiB"
+          print(f"memory fwd+bwd B=1 N={case.heads} H={h} T={t} causal {name:12s} {text}",
+                flush=True)
+    return 0
   if args.sweep:
     for h in args.head_dim:
       for t in args.seq_len:
