@@ -35,6 +35,9 @@ def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale: float, spec: 
   kv_ragged = spec.kv_len % block_kv != 0
   precision = common.dot_precision(q_ref.dtype)
   c = scale * common.LOG2E  # scores -> base-2 exponents
+  # float32 inputs pay one extra multiply per score for exact normalisation; 16-bit
+  # inputs are dominated by their own rounding and take the fused form.
+  exact_max = q_ref.dtype == jnp.float32
   q = common.load(q_ref, q_rows, cols)
 
   def body(j, carry, masked):
@@ -51,7 +54,10 @@ def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale: float, spec: 
     # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.
     m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
     alpha = jnp.exp2((m - m_use) * c)
-    p = jnp.exp2(s * c - (m_use * c)[:, None])
+    if exact_max:  # exp2(0) = 1 exactly at the row max: O is exact when one key dominates
+      p = jnp.exp2((s - m_use[:, None]) * c)
+    else:  # one FFMA per score, as in FlashAttention-3
+      p = jnp.exp2(s * c - (m_use * c)[:, None])
     l = l * alpha + jnp.sum(p, axis=1)
     v = common.load(v_ref.at[kv_slice, :], kv_rows, cols)
     acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v, precision=precision)
