@@ -8,9 +8,15 @@ import importlib
 import math
 
 import jax
+import jax.experimental.pallas.fuser  # noqa: F401  (see below)
 import jax.numpy as jnp
 
 from jflash import tuning
+
+# Importing the Pallas fuser registers a config value that is part of JAX's trace
+# context. Pallas interpret mode imports it lazily, inside the first trace of a user's
+# jitted function, so the second call saw a different context and retraced once.
+# Importing it here, before any trace, keeps "same shapes -> no retrace" true.
 from jflash.masks import MaskSpec
 
 # implementation name -> module exposing forward(...) and backward(...).

@@ -153,19 +153,20 @@ def test_nan_and_inf_propagate_like_reference(implementation, where, bad):
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_no_retrace_on_second_call(implementation):
-  @jax.jit
-  @chex.assert_max_traces(n=1)
   def loss(q, k, v):
     return jnp.sum(_call(implementation, q, k, v, is_causal=True) ** 2)
 
-  grad = jax.jit(jax.grad(loss))
+  # Each jitted function is traced once for its first call and never again for new data
+  # of the same shapes: the static arguments jflash derives (config, mask) compare equal.
+  def loss_grad(q, k, v):
+    return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+  value = jax.jit(chex.assert_max_traces(loss, n=1))
+  grad = jax.jit(chex.assert_max_traces(loss_grad, n=1))
   for seed in (6, 7):
     q, k, v, _ = random_inputs(seed, 1, 24, 24, 2, 1, 16, F32)
-    loss(q, k, v)
-  for seed in (8, 9):
-    q, k, v, _ = random_inputs(seed, 1, 24, 24, 2, 1, 16, F32)
+    value(q, k, v)
     grad(q, k, v)
-  assert grad._cache_size() == 1
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
