@@ -162,7 +162,7 @@ def _attention_fwd(q, k, v, static: _Static):
 def _attention_bwd(static: _Static, residuals, cotangents):
   q, k, v, out, lse = residuals
   d_out, d_lse = cotangents
-  # d lse_i / d s_ij = p_ij, so an lse cotangent folds into delta (FlashAttention-2, eq. 4).
+  # d lse_i / d s_ij = p_ij, so an lse cotangent folds into delta: dS = P (dP - delta + dlse).
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - d_lse
   return static.kernels().backward(q, k, v, lse, delta, d_out.astype(q.dtype), **static.options())
 
