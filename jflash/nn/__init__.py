@@ -101,6 +101,9 @@ def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: boo
                               implementation=implementation, config=config)
 
 
+_flash_attention_fn = attention_fn  # the default of FlashSelfAttention(attention_fn=...)
+
+
 def _attention_any_batch(q, k, v, **kwargs):
   """jflash.attention over any number of leading batch dims (Flax allows several)."""
   if q.ndim == 3 or (q.ndim == 4 and k.ndim == 4):
@@ -158,6 +161,10 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
     rope_theta: if not None, apply rotary position embedding with this base to q and k
       before the kernel (H must be even).
     implementation, config: forwarded to :func:`jflash.attention`.
+    attention_fn: replaces the attention itself (default: :func:`attention_fn` with
+      `implementation` and `config`), called as ``attention_fn(q, k, v, is_causal=...)``
+      with q [batch..., T, N, H] and k, v [batch..., T, K, H]; for comparing against other
+      attentions with everything else identical.
     rngs: ``nnx.Rngs`` for parameter initialisation.
 
   Raises:
@@ -179,19 +186,17 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
                bias_init=nnx.initializers.zeros_init(), out_bias_init=None, use_bias: bool = True,
                normalize_qk: bool = False, rope_theta: float | None = None,
                implementation: str | None = None, config: jflash.AttentionConfig | None = None,
-               rngs: nnx.Rngs):
+               attention_fn=None, rngs: nnx.Rngs):
     super().__init__(
         num_heads, in_features, qkv_features, out_features, num_kv_heads, dtype=dtype,
         param_dtype=param_dtype, precision=precision, kernel_init=kernel_init,
         out_kernel_init=out_kernel_init, bias_init=bias_init, out_bias_init=out_bias_init,
         use_bias=use_bias, normalize_qk=normalize_qk, decode=False,
-        attention_fn=functools.partial(attention_fn, implementation=implementation,
-                                       config=config),
+        attention_fn=attention_fn or functools.partial(
+            _flash_attention_fn, implementation=implementation, config=config),
         rngs=rngs)
     _check_rope(rope_theta, self.head_dim)
     self.rope_theta = rope_theta
-    self.implementation = implementation
-    self.config = config
 
   def __call__(self, x, *, is_causal: bool = False, positions=None, out_sharding=None,
                qkv_sharding=None):
@@ -221,8 +226,7 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
       q, k = self.query_ln(q), self.key_ln(k)
     if self.rope_theta is not None:
       q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
-    y = _attention_any_batch(q, k, v, is_causal=is_causal, implementation=self.implementation,
-                             config=self.config)
+    y = self.attention_fn(q, k, v, is_causal=is_causal)
     return self.out(y, out_sharding=out_sharding)
 
 
