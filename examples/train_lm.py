@@ -1,0 +1,460 @@
+"""Train a small byte-level GPT on real text with jflash.nn.FlashSelfAttention.
+
+A decoder-only transformer (GPT-2 style: pre-norm, GELU or SwiGLU MLP, learned or rotary
+positions, tied embeddings) over bytes (vocab 256, nothing to download), trained with
+optax AdamW (linear warm-up + cosine decay), bf16 compute on fp32 master weights, and
+gradient accumulation. The default corpus is the Python standard library's own source
+files; ``--data PATH`` takes any text file or directory.
+
+``--attention {jflash,xla,cudnn}`` swaps only the attention (jflash's kernels, or
+``jax.nn.dot_product_attention`` with that implementation); everything else is identical.
+
+Examples::
+
+  python examples/train_lm.py --preset tiny                      # CPU, about a minute
+  python examples/train_lm.py --preset gpt2-small --seq-len 8192 --batch-size 2
+  python examples/train_lm.py --preset gpt2-small --attention cudnn --bench 10
+
+Writes ``loss_curve.png``, ``metrics.json`` and ``samples.txt`` to ``--out-dir``, and
+orbax checkpoints to ``--ckpt-dir`` (``--resume`` continues from the latest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+import statistics
+import sys
+import sysconfig
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import jflash
+import jflash.nn
+
+PRESETS = {
+    # ~0.4M parameters: the CI smoke test (the loss must fall) on a 2-core CPU.
+    "tiny": dict(layers=2, d_model=128, heads=4, seq_len=128, batch_size=16, steps=150,
+                 lr=3e-3, warmup=15, eval_every=50, eval_batches=4),
+    # GPT-2 small shape: 12 layers, d=768, 12 heads of 64 (85M non-embedding parameters).
+    "gpt2-small": dict(layers=12, d_model=768, heads=12, seq_len=2048, batch_size=8, steps=2000,
+                       lr=6e-4, warmup=100, eval_every=250, eval_batches=8),
+}
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+  preset: str
+  data: str | None
+  attention: str
+  layers: int
+  d_model: int
+  heads: int
+  kv_heads: int | None
+  mlp: str
+  positions: str
+  max_positions: int | None
+  seq_len: int
+  batch_size: int
+  accum: int
+  steps: int
+  lr: float
+  warmup: int
+  weight_decay: float
+  eval_every: int
+  eval_batches: int
+  seed: int
+  out_dir: str
+  ckpt_dir: str | None
+  ckpt_every: int
+  resume: bool
+  prompt: str
+  gen_bytes: int
+  bench: int
+
+
+def parse_args(argv=None) -> Args:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+  parser.add_argument("--data", help="text file or directory (default: Python's stdlib sources)")
+  parser.add_argument("--attention", choices=["jflash", "xla", "cudnn"], default="jflash")
+  parser.add_argument("--layers", type=int)
+  parser.add_argument("--d-model", type=int)
+  parser.add_argument("--heads", type=int)
+  parser.add_argument("--kv-heads", type=int, help="key/value heads (GQA); default = heads")
+  parser.add_argument("--mlp", choices=["gelu", "swiglu"], default="gelu")
+  parser.add_argument("--positions", choices=["learned", "rope"], default="learned")
+  parser.add_argument("--max-positions", type=int,
+                      help="learned position table size (default: --seq-len)")
+  parser.add_argument("--seq-len", type=int)
+  parser.add_argument("--batch-size", type=int, help="sequences per micro-batch")
+  parser.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
+  parser.add_argument("--steps", type=int)
+  parser.add_argument("--lr", type=float)
+  parser.add_argument("--warmup", type=int)
+  parser.add_argument("--weight-decay", type=float, default=0.1)
+  parser.add_argument("--eval-every", type=int)
+  parser.add_argument("--eval-batches", type=int)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out-dir", default="train_lm_out")
+  parser.add_argument("--ckpt-dir", help="orbax checkpoint directory (default: none)")
+  parser.add_argument("--ckpt-every", type=int, default=500)
+  parser.add_argument("--resume", action="store_true", help="continue from --ckpt-dir")
+  parser.add_argument("--prompt", default="def fibonacci(n):\n")
+  parser.add_argument("--gen-bytes", type=int, default=300)
+  parser.add_argument("--bench", type=int, default=0,
+                      help="only time this many steps after 3 warm-up steps, print JSON, exit")
+  ns = vars(parser.parse_args(argv))
+  preset = PRESETS[ns["preset"]]
+  for name, value in preset.items():
+    if ns.get(name) is None:
+      ns[name] = value
+  args = Args(**ns)
+  for name in ("layers", "d_model", "heads", "seq_len", "batch_size", "accum", "steps"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+  if args.d_model % args.heads:
+    parser.error(f"--d-model={args.d_model} must be divisible by --heads={args.heads}")
+  if args.resume and not args.ckpt_dir:
+    parser.error("--resume needs --ckpt-dir")
+  return args
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_corpus(path: str | None) -> tuple[np.ndarray, str]:
+  """All bytes of the corpus, as uint8, and a description of where they came from."""
+  if path is None:
+    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
+    where = f"{len(files)} .py files of the Python standard library at {root}"
+  else:
+    p = pathlib.Path(path)
+    if not p.exists():
+      raise FileNotFoundError(f"--data {path}: no such file or directory")
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    where = f"{len(files)} file(s) under {p}"
+  data = b"".join(f.read_bytes() for f in files)
+  return np.frombuffer(data, np.uint8), where
+
+
+def split(data: np.ndarray, seq_len: int, val_fraction: float = 0.05):
+  """Train/validation split (the last `val_fraction` of the bytes is validation)."""
+  cut = int(len(data) * (1 - val_fraction))
+  train, val = data[:cut], data[cut:]
+  need = seq_len + 1
+  if len(val) < need:
+    raise ValueError(
+        f"corpus of {len(data)} bytes is too small for --seq-len {seq_len}: its validation "
+        f"split ({val_fraction:.0%}, {len(val)} bytes) needs at least {need} bytes, so the "
+        f"corpus needs at least {math.ceil(need / val_fraction)}")
+  return train, val
+
+
+def batches(data: np.ndarray, seq_len: int, shape: tuple[int, ...], seed: int):
+  """Endless shuffled windows: (inputs, targets) of shape `shape + (seq_len,)`."""
+  rng = np.random.default_rng(seed)
+  offsets = np.arange(seq_len + 1)
+  while True:
+    starts = rng.integers(0, len(data) - seq_len - 1, size=shape)
+    window = data[starts[..., None] + offsets]
+    yield window[..., :-1].astype(np.int32), window[..., 1:].astype(np.int32)
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def jax_nn_attention(query, key, value, *, is_causal, implementation):
+  """jax.nn.dot_product_attention with FlashSelfAttention's attention_fn signature."""
+  return jax.nn.dot_product_attention(query, key, value, is_causal=is_causal,
+                                      implementation=implementation)
+
+
+class MLP(nnx.Module):
+  def __init__(self, d: int, kind: str, rngs: nnx.Rngs):
+    dense = functools.partial(nnx.Linear, dtype=jnp.bfloat16, param_dtype=jnp.float32, rngs=rngs)
+    self.kind = kind
+    if kind == "swiglu":
+      hidden = 256 * math.ceil(8 * d / 3 / 256)
+      self.gate, self.up, self.down = dense(d, hidden), dense(d, hidden), dense(hidden, d)
+    else:
+      self.up, self.down = dense(d, 4 * d), dense(4 * d, d)
+
+  def __call__(self, x):
+    if self.kind == "swiglu":
+      return self.down(nnx.silu(self.gate(x)) * self.up(x))
+    return self.down(nnx.gelu(self.up(x)))
+
+
+class Block(nnx.Module):
+  def __init__(self, args: Args, rngs: nnx.Rngs):
+    norm = functools.partial(nnx.LayerNorm, args.d_model, dtype=jnp.bfloat16,
+                             param_dtype=jnp.float32, rngs=rngs)
+    attention_fn = None  # jflash's kernels
+    if args.attention != "jflash":
+      attention_fn = functools.partial(jax_nn_attention, implementation=args.attention)
+    self.ln1, self.ln2 = norm(), norm()
+    self.attn = jflash.nn.FlashSelfAttention(
+        args.heads, args.d_model, num_kv_heads=args.kv_heads, dtype=jnp.bfloat16,
+        param_dtype=jnp.float32, use_bias=False, attention_fn=attention_fn,
+        rope_theta=10000.0 if args.positions == "rope" else None, rngs=rngs)
+    self.mlp = MLP(args.d_model, args.mlp, rngs)
+
+  def __call__(self, x):
+    x = x + self.attn(self.ln1(x), is_causal=True)
+    return x + self.mlp(self.ln2(x))
+
+
+class GPT(nnx.Module):
+  """Byte-level decoder-only transformer; logits [B, T, 256] in float32."""
+
+  def __init__(self, args: Args, rngs: nnx.Rngs):
+    embed = functools.partial(nnx.Embed, features=args.d_model, dtype=jnp.bfloat16,
+                              param_dtype=jnp.float32, rngs=rngs)
+    self.embed = embed(256)
+    self.max_positions = args.max_positions or args.seq_len
+    self.pos = embed(self.max_positions) if args.positions == "learned" else None
+    self.blocks = nnx.List([Block(args, rngs) for _ in range(args.layers)])
+    self.ln_f = nnx.LayerNorm(args.d_model, dtype=jnp.bfloat16, param_dtype=jnp.float32,
+                              rngs=rngs)
+
+  def __call__(self, tokens):
+    t = tokens.shape[-1]
+    if self.pos is not None and t > self.max_positions:
+      raise ValueError(f"sequence length {t} exceeds the model's {self.max_positions} learned "
+                       "positions; use --max-positions or --positions rope")
+    x = self.embed(tokens)
+    if self.pos is not None:
+      x = x + self.pos(jnp.arange(t))
+    for block in self.blocks:
+      x = block(x)
+    return self.embed.attend(self.ln_f(x)).astype(jnp.float32)
+
+
+def count_params(model: nnx.Module, non_embedding: bool = False) -> int:
+  state = nnx.state(model, nnx.Param)
+  total = sum(x.size for x in jax.tree.leaves(state))
+  if non_embedding:
+    total -= model.embed.embedding.size + (model.pos.embedding.size if model.pos else 0)
+  return total
+
+
+# ------------------------------------------------------------------------- training
+
+
+def loss_fn(model, tokens, targets):
+  logits = model(tokens)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+@nnx.jit
+def train_step(model, optimizer, tokens, targets):
+  """One optimizer step over `accum` micro-batches: tokens, targets [accum, B, T]."""
+  grad_fn = nnx.value_and_grad(loss_fn)
+  loss, grads = grad_fn(model, tokens[0], targets[0])
+  for i in range(1, tokens.shape[0]):  # gradient accumulation, averaged
+    loss_i, grads_i = grad_fn(model, tokens[i], targets[i])
+    loss, grads = loss + loss_i, jax.tree.map(jnp.add, grads, grads_i)
+  scale = 1.0 / tokens.shape[0]
+  optimizer.update(model, jax.tree.map(lambda g: g * scale, grads))
+  return loss * scale
+
+
+@nnx.jit
+def eval_step(model, tokens, targets):
+  return loss_fn(model, tokens, targets)
+
+
+@functools.partial(nnx.jit, static_argnames="temperature")
+def next_byte(model, window, position, key, temperature=0.8):
+  logits = model(window[None])[0, position]
+  return jax.random.categorical(key, logits / temperature)
+
+
+def generate(model, prompt: bytes, n: int, window: int, seed: int) -> bytes:
+  """Samples `n` bytes after `prompt`, re-reading a fixed window of the last bytes."""
+  out = list(prompt) or [10]
+  key = jax.random.PRNGKey(seed)
+  for _ in range(n):
+    ctx = out[-window:]
+    buf = np.zeros(window, np.int32)
+    buf[:len(ctx)] = ctx
+    key, sub = jax.random.split(key)
+    out.append(int(next_byte(model, jnp.asarray(buf), len(ctx) - 1, sub)))
+  return bytes(out[len(prompt):])
+
+
+def flops_per_token(args: Args, n_params: int) -> float:
+  """6N for the weights plus causal attention, 6·L·d·T (half of 12·L·d·T)."""
+  return 6.0 * n_params + 6.0 * args.layers * args.d_model * args.seq_len
+
+
+def peak_flops() -> float | None:
+  kind = jax.devices()[0].device_kind
+  return next((f for name, f in PEAK_BF16_FLOPS.items() if name in kind), None)
+
+
+def peak_memory_bytes() -> int | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+  data, where = load_corpus(args.data)
+  train_data, val_data = split(data, args.seq_len)
+  if args.positions == "learned" and args.seq_len > (args.max_positions or args.seq_len):
+    raise ValueError(f"--seq-len {args.seq_len} exceeds --max-positions {args.max_positions}")
+  model = GPT(args, nnx.Rngs(args.seed))
+  schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, args.warmup,
+                                                max(args.steps, args.warmup + 1), args.lr / 10)
+  tx = optax.chain(optax.clip_by_global_norm(1.0),
+                   optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=args.weight_decay))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  n_params = count_params(model, non_embedding=True)
+  tokens_per_step = args.accum * args.batch_size * args.seq_len
+  print(f"corpus: {len(data):,} bytes from {where}; train {len(train_data):,}, val "
+        f"{len(val_data):,}\nmodel: {args.layers} layers, d={args.d_model}, {args.heads} heads, "
+        f"{n_params / 1e6:.1f}M non-embedding params; attention={args.attention}; "
+        f"{tokens_per_step:,} tokens/step on {jax.devices()[0].device_kind}", flush=True)
+
+  manager, start = None, 0
+  if args.ckpt_dir:
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    manager = ocp.CheckpointManager(pathlib.Path(args.ckpt_dir).absolute(),
+                                    options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    if args.resume and manager.latest_step() is not None:
+      start = manager.latest_step()
+      target = {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
+      restored = manager.restore(start, args=ocp.args.StandardRestore(target))
+      nnx.update(model, restored["model"])
+      nnx.update(optimizer, restored["optimizer"])
+      print(f"resumed from {args.ckpt_dir} at step {start}", flush=True)
+
+  train_iter = batches(train_data, args.seq_len, (args.accum, args.batch_size),
+                       args.seed + start)
+  if args.bench:
+    return bench(args, model, optimizer, train_iter, n_params)
+
+  out_dir = pathlib.Path(args.out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  history = {"step": [], "loss": [], "val_step": [], "val_loss": []}
+  step_times = []
+  peak = peak_flops()
+  bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train",
+             dynamic_ncols=True, file=sys.stdout, mininterval=2.0)
+  for step in bar:
+    tokens, targets = next(train_iter)
+    t0 = time.perf_counter()
+    loss = float(train_step(model, optimizer, jnp.asarray(tokens), jnp.asarray(targets)))
+    step_times.append(time.perf_counter() - t0)
+    history["step"].append(step + 1)
+    history["loss"].append(loss)
+    tok_s = tokens_per_step / statistics.median(step_times[-20:])
+    postfix = dict(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
+    if peak:
+      postfix["mfu"] = f"{tok_s * flops_per_token(args, n_params) / peak:.1%}"
+    bar.set_postfix(postfix)
+    if args.eval_every and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
+      val = evaluate(args, model, val_data)
+      history["val_step"].append(step + 1)
+      history["val_loss"].append(val)
+      bar.write(f"step {step + 1}: train loss {loss:.4f}, validation loss {val:.4f}")
+    if manager and ((step + 1) % args.ckpt_every == 0 or step + 1 == args.steps):
+      manager.save(step + 1, args=ocp.args.StandardSave(
+          {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}))
+  bar.close()
+  if manager:
+    manager.wait_until_finished()
+
+  sample = generate(model, args.prompt.encode(), args.gen_bytes,
+                    min(args.seq_len, 512), args.seed)
+  (out_dir / "samples.txt").write_bytes(args.prompt.encode() + sample)
+  measured = step_times[3:] or step_times
+  metrics = dict(
+      args=dataclasses.asdict(args), device=jax.devices()[0].device_kind,
+      jax=jax.__version__, final_train_loss=history["loss"][-1] if history["loss"] else None,
+      final_val_loss=history["val_loss"][-1] if history["val_loss"] else None,
+      tokens_per_s=tokens_per_step / statistics.median(measured) if measured else None,
+      peak_memory_bytes=peak_memory_bytes(), history=history)
+  (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+  plot(history, out_dir / "loss_curve.png", args)
+  memory = metrics["peak_memory_bytes"]
+  print(f"final validation loss {metrics['final_val_loss']:.4f}, "
+        f"{metrics['tokens_per_s'] or 0:,.0f} tokens/s (median step), peak device memory "
+        f"{'n/a' if memory is None else f'{memory / 2**30:.1f} GiB'}; wrote {out_dir}/")
+  print("sample:\n" + (args.prompt.encode() + sample).decode("utf-8", "replace"))
+  return 0
+
+
+def evaluate(args: Args, model, val_data: np.ndarray) -> float:
+  """Mean loss over the same `eval_batches` validation windows every time."""
+  it = batches(val_data, args.seq_len, (args.batch_size,), seed=1234)
+  losses = [float(eval_step(model, *map(jnp.asarray, next(it))))
+            for _ in range(args.eval_batches)]
+  return float(np.mean(losses))
+
+
+def bench(args: Args, model, optimizer, train_iter, n_params: int) -> int:
+  """Times `args.bench` steps after 3 warm-up steps; prints one JSON line."""
+  tokens_per_step = args.accum * args.batch_size * args.seq_len
+  result = dict(attention=args.attention, seq_len=args.seq_len, batch_size=args.batch_size,
+                accum=args.accum, device=jax.devices()[0].device_kind)
+  try:
+    times = []
+    for i in range(3 + args.bench):
+      tokens, targets = next(train_iter)
+      t0 = time.perf_counter()
+      loss = float(train_step(model, optimizer, jnp.asarray(tokens), jnp.asarray(targets)))
+      if i >= 3:
+        times.append(time.perf_counter() - t0)
+    tok_s = tokens_per_step / statistics.median(times)
+    peak = peak_flops()
+    result.update(tokens_per_s=tok_s, loss=loss, peak_memory_bytes=peak_memory_bytes(),
+                  mfu=tok_s * flops_per_token(args, n_params) / peak if peak else None)
+  except Exception as e:  # out of memory is a result here
+    result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+  print("BENCH " + json.dumps(result), flush=True)
+  return 0 if "error" not in result else 3
+
+
+def plot(history: dict, path: pathlib.Path, args: Args):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4))
+  ax.plot(history["step"], history["loss"], lw=0.8, label="train")
+  if history["val_step"]:
+    ax.plot(history["val_step"], history["val_loss"], "o-", label="validation")
+  ax.set(xlabel="step", ylabel="loss (nats/byte)",
+         title=f"{args.preset}, T={args.seq_len}, attention={args.attention}")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def cli(argv=None) -> int:
+  """main() with input errors (missing path, small corpus, bad lengths) as one line."""
+  try:
+    return main(argv)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"train_lm.py: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(cli())
