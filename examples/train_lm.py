@@ -50,6 +50,7 @@ PRESETS = {
                        lr=6e-4, warmup=100, eval_every=250, eval_batches=8),
 }
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+LOG_EVERY = 10  # steps between progress updates (each one waits for the GPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,8 +259,7 @@ def loss_fn(model, tokens, targets):
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-@nnx.jit
-def train_step(model, optimizer, tokens, targets):
+def update(model, optimizer, tokens, targets):
   """One optimizer step over `accum` micro-batches: tokens, targets [accum, B, T]."""
   grad_fn = nnx.value_and_grad(loss_fn)
   loss, grads = grad_fn(model, tokens[0], targets[0])
@@ -271,9 +271,38 @@ def train_step(model, optimizer, tokens, targets):
   return loss * scale
 
 
-@nnx.jit
-def eval_step(model, tokens, targets):
-  return loss_fn(model, tokens, targets)
+class Trainer:
+  """The model and optimizer as one pytree of arrays, stepped by plain `jax.jit`.
+
+  Splitting the NNX graph once (instead of `nnx.jit` walking it on every call) keeps
+  Python overhead off the step, so the GPU runs steps back to back.
+  """
+
+  def __init__(self, model, optimizer):
+    self.graphdef, self.state = nnx.split((model, optimizer))
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(state, tokens, targets):
+      model, optimizer = nnx.merge(self.graphdef, state)
+      loss = update(model, optimizer, tokens, targets)
+      return nnx.state((model, optimizer)), loss
+
+    @jax.jit
+    def evaluate(state, tokens, targets):
+      return loss_fn(nnx.merge(self.graphdef, state)[0], tokens, targets)
+
+    self._step, self._evaluate = step, evaluate
+
+  def step(self, tokens, targets):
+    """Runs one step; returns the loss as a device scalar (does not wait for it)."""
+    self.state, loss = self._step(self.state, jnp.asarray(tokens), jnp.asarray(targets))
+    return loss
+
+  def eval_loss(self, tokens, targets) -> float:
+    return float(self._evaluate(self.state, jnp.asarray(tokens), jnp.asarray(targets)))
+
+  def model(self):
+    return nnx.merge(self.graphdef, self.state)[0]
 
 
 @functools.partial(nnx.jit, static_argnames="temperature")
@@ -344,84 +373,89 @@ def main(argv=None) -> int:
       nnx.update(optimizer, restored["optimizer"])
       print(f"resumed from {args.ckpt_dir} at step {start}", flush=True)
 
+  trainer = Trainer(model, optimizer)
   train_iter = batches(train_data, args.seq_len, (args.accum, args.batch_size),
                        args.seed + start)
   if args.bench:
-    return bench(args, model, optimizer, train_iter, n_params)
+    return bench(args, trainer, train_iter, n_params)
 
   out_dir = pathlib.Path(args.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   history = {"step": [], "loss": [], "val_step": [], "val_loss": []}
-  step_times = []
+  window, window_start, tok_s = [], time.perf_counter(), None
   peak = peak_flops()
   bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train",
              dynamic_ncols=True, file=sys.stdout, mininterval=2.0)
   for step in bar:
-    tokens, targets = next(train_iter)
-    t0 = time.perf_counter()
-    loss = float(train_step(model, optimizer, jnp.asarray(tokens), jnp.asarray(targets)))
-    step_times.append(time.perf_counter() - t0)
-    history["step"].append(step + 1)
-    history["loss"].append(loss)
-    tok_s = tokens_per_step / statistics.median(step_times[-20:])
-    postfix = dict(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
-    if peak:
-      postfix["mfu"] = f"{tok_s * flops_per_token(args, n_params) / peak:.1%}"
-    bar.set_postfix(postfix)
-    if args.eval_every and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
-      val = evaluate(args, model, val_data)
+    window.append(trainer.step(*next(train_iter)))
+    last = step + 1 == args.steps
+    evaluate_now = args.eval_every and ((step + 1) % args.eval_every == 0 or last)
+    if len(window) == LOG_EVERY or evaluate_now or last:
+      losses = [float(x) for x in jax.device_get(window)]  # waits for the window's steps
+      now = time.perf_counter()
+      if step + 1 - start > len(window):  # the first window includes compilation
+        tok_s = len(window) * tokens_per_step / (now - window_start)
+      history["step"].extend(range(step + 2 - len(window), step + 2))
+      history["loss"].extend(losses)
+      postfix = dict(loss=f"{losses[-1]:.3f}")
+      if tok_s:
+        postfix["tok_s"] = f"{tok_s:,.0f}"
+        if peak:
+          postfix["mfu"] = f"{tok_s * flops_per_token(args, n_params) / peak:.1%}"
+      bar.set_postfix(postfix)
+      window = []
+    if evaluate_now:
+      val = evaluate(args, trainer, val_data)
       history["val_step"].append(step + 1)
       history["val_loss"].append(val)
-      bar.write(f"step {step + 1}: train loss {loss:.4f}, validation loss {val:.4f}")
-    if manager and ((step + 1) % args.ckpt_every == 0 or step + 1 == args.steps):
+      bar.write(f"step {step + 1}: train loss {history['loss'][-1]:.4f}, validation loss "
+                f"{val:.4f}")
+    if manager and ((step + 1) % args.ckpt_every == 0 or last):
       manager.save(step + 1, args=ocp.args.StandardSave(
-          {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}))
+          {"model": trainer.state[0], "optimizer": trainer.state[1]}))
+    if not window:
+      window_start = time.perf_counter()
   bar.close()
   if manager:
     manager.wait_until_finished()
 
-  sample = generate(model, args.prompt.encode(), args.gen_bytes,
+  sample = generate(trainer.model(), args.prompt.encode(), args.gen_bytes,
                     min(args.seq_len, 512), args.seed)
   (out_dir / "samples.txt").write_bytes(args.prompt.encode() + sample)
-  measured = step_times[3:] or step_times
   metrics = dict(
       args=dataclasses.asdict(args), device=jax.devices()[0].device_kind,
       jax=jax.__version__, final_train_loss=history["loss"][-1] if history["loss"] else None,
       final_val_loss=history["val_loss"][-1] if history["val_loss"] else None,
-      tokens_per_s=tokens_per_step / statistics.median(measured) if measured else None,
-      peak_memory_bytes=peak_memory_bytes(), history=history)
+      tokens_per_s=tok_s, peak_memory_bytes=peak_memory_bytes(), history=history)
   (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
   plot(history, out_dir / "loss_curve.png", args)
   memory = metrics["peak_memory_bytes"]
   print(f"final validation loss {metrics['final_val_loss']:.4f}, "
-        f"{metrics['tokens_per_s'] or 0:,.0f} tokens/s (median step), peak device memory "
+        f"{tok_s or 0:,.0f} tokens/s (last window), peak device memory "
         f"{'n/a' if memory is None else f'{memory / 2**30:.1f} GiB'}; wrote {out_dir}/")
   print("sample:\n" + (args.prompt.encode() + sample).decode("utf-8", "replace"))
   return 0
 
 
-def evaluate(args: Args, model, val_data: np.ndarray) -> float:
+def evaluate(args: Args, trainer: Trainer, val_data: np.ndarray) -> float:
   """Mean loss over the same `eval_batches` validation windows every time."""
   it = batches(val_data, args.seq_len, (args.batch_size,), seed=1234)
-  losses = [float(eval_step(model, *map(jnp.asarray, next(it))))
-            for _ in range(args.eval_batches)]
-  return float(np.mean(losses))
+  return float(np.mean([trainer.eval_loss(*next(it)) for _ in range(args.eval_batches)]))
 
 
-def bench(args: Args, model, optimizer, train_iter, n_params: int) -> int:
-  """Times `args.bench` steps after 3 warm-up steps; prints one JSON line."""
+def bench(args: Args, trainer: Trainer, train_iter, n_params: int) -> int:
+  """Wall clock over `args.bench` steps after 3 warm-up steps; prints one JSON line."""
   tokens_per_step = args.accum * args.batch_size * args.seq_len
   result = dict(attention=args.attention, seq_len=args.seq_len, batch_size=args.batch_size,
                 accum=args.accum, device=jax.devices()[0].device_kind)
   try:
-    times = []
-    for i in range(3 + args.bench):
-      tokens, targets = next(train_iter)
-      t0 = time.perf_counter()
-      loss = float(train_step(model, optimizer, jnp.asarray(tokens), jnp.asarray(targets)))
-      if i >= 3:
-        times.append(time.perf_counter() - t0)
-    tok_s = tokens_per_step / statistics.median(times)
+    data = [next(train_iter) for _ in range(3 + args.bench)]
+    for tokens, targets in data[:3]:
+      float(trainer.step(tokens, targets))
+    t0 = time.perf_counter()
+    losses = [trainer.step(tokens, targets) for tokens, targets in data[3:]]
+    loss = float(losses[-1])  # waits for all of them
+    tok_s = args.bench * tokens_per_step / (time.perf_counter() - t0)
     peak = peak_flops()
     result.update(tokens_per_s=tok_s, loss=loss, peak_memory_bytes=peak_memory_bytes(),
                   mfu=tok_s * flops_per_token(args, n_params) / peak if peak else None)
