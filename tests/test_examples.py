@@ -34,7 +34,8 @@ def test_tiny_preset_loss_falls_and_resumes(train_lm, tmp_path):
   assert (out / "loss_curve.png").stat().st_size > 0
   assert len((out / "samples.txt").read_bytes()) == len(b"def fibonacci(n):\n") + 32
 
-  assert train_lm.cli(common + ["--steps", "90", "--resume"]) == 0
+  # Resume, now with gradient accumulation over 2 micro-batches.
+  assert train_lm.cli(common + ["--steps", "90", "--resume", "--accum", "2"]) == 0
   resumed = json.loads((out / "metrics.json").read_text())
   assert resumed["history"]["step"][0] == 81  # continued, did not start over
   assert resumed["final_val_loss"] < 3.2
