@@ -1,18 +1,31 @@
-"""Side-by-side GPU timing of jflash against cuDNN and JAX's bundled Pallas `mha`.
+"""`python -m jflash.bench`: attention speed and memory, side by side, on one GPU.
 
-``python -m jflash.bench`` runs, in one process on one GPU, the FlashAttention papers'
-grid (bf16, B*T = 16k tokens, N*H = 2048) for every attention it can run there, and
-prints forward and backward TFLOP/s. GPU time comes from CUPTI
-(`jax.experimental.mosaic.gpu.profiler.measure`): the median over `--iterations` runs
-after warm-up. FLOPs follow FlashAttention: forward 4*B*N*T*S*H (halved when causal),
-backward 2.5x the forward; backward time = (forward + backward) - forward.
+Runs, in one process, jflash (every implementation the device has) next to
+``jax.nn.dot_product_attention`` (``implementation="xla"`` and ``"cudnn"``) and JAX's
+bundled Pallas kernels (``jax.experimental.pallas.ops.gpu.attention.mha`` and, on
+Hopper, ``attention_mgpu``, in fp16 where it takes no bf16), each where it supports the
+case; an unsupported case or an out-of-memory is a row that says so.
+
+Measures forward, backward and forward+backward GPU time with CUPTI
+(``jax.experimental.mosaic.gpu.profiler.measure``): the median of ``--iterations`` runs
+after warm-up. TFLOP/s use the FlashAttention convention: forward 4·B·N·T·S·H (halved
+when causal), backward 2.5x the forward, backward time = (forward+backward) − forward.
+Peak temporary memory comes from XLA's compiled memory analysis.
+
+Default grid: H in {64, 128, 256} × T in {512 .. 16k} × causal/not, bf16, B·T = 16k,
+N·H = 2048 (the FlashAttention papers' grid), plus a GQA case, a long-context memory
+sweep (B=1, H=128, causal, T up to 128k) and a block-size sweep (runtime vs block_kv).
+Writes ``results.json``, ``results.csv`` and PNG plots to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import datetime
 import json
+import pathlib
 import statistics
 import sys
 import time
@@ -23,31 +36,97 @@ import jax.numpy as jnp
 
 import jflash
 
+IMPLEMENTATIONS = ("jflash:triton", "jflash:xla", "cudnn", "xla", "pallas_mha", "pallas_mgpu")
+
+
+class Unsupported(Exception):
+  """The implementation does not run this case (the reason is the message)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
+  """One attention problem: B·T tokens of N heads of size H (K key/value heads)."""
+
   head_dim: int
   seq_len: int
   is_causal: bool
   dtype: str = "bfloat16"
-  tokens: int = 16384
-  width: int = 2048  # N * H
+  batch: int = 1
+  heads: int = 16
+  kv_heads: int = 16
 
-  @property
-  def batch(self) -> int:
-    return max(1, self.tokens // self.seq_len)
-
-  @property
-  def heads(self) -> int:
-    return self.width // self.head_dim
+  @classmethod
+  def grid(cls, head_dim, seq_len, is_causal, dtype="bfloat16", tokens=16384, width=2048,
+           group=1):
+    """The papers' grid point: B = tokens // T, N = width // H, K = N // group."""
+    heads = max(1, width // head_dim)
+    return cls(head_dim, seq_len, is_causal, dtype, max(1, tokens // seq_len), heads,
+               max(1, heads // group))
 
   def forward_flops(self) -> float:
     flops = 4.0 * self.batch * self.heads * self.seq_len * self.seq_len * self.head_dim
     return flops / 2 if self.is_causal else flops
 
+  def label(self) -> str:
+    gqa = f" K={self.kv_heads}" if self.kv_heads != self.heads else ""
+    return (f"H={self.head_dim} T={self.seq_len} {'causal' if self.is_causal else 'full'} "
+            f"B={self.batch} N={self.heads}{gqa} {self.dtype}")
+
+
+# --------------------------------------------------------------------- implementations
+
+
+def attention_fn(impl: str, case: Case, config=None):
+  """A function (q, k, v) -> out for `impl` on `case`; raises Unsupported if it cannot."""
+  scale = case.head_dim ** -0.5
+  if impl.startswith("jflash"):
+    backend = impl.split(":")[1] if ":" in impl else None
+    return lambda q, k, v: jflash.attention(q, k, v, is_causal=case.is_causal,
+                                            implementation=backend, config=config)
+  if impl in ("cudnn", "xla"):
+    return lambda q, k, v: jax.nn.dot_product_attention(
+        q, k, v, scale=scale, is_causal=case.is_causal, implementation=impl)
+  if impl == "pallas_mha":
+    if case.kv_heads != case.heads:
+      raise Unsupported("mha has no GQA (needs K == N)")
+    if case.seq_len % 128:
+      raise Unsupported("mha needs T to be a multiple of its 128 block")
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", DeprecationWarning)
+      from jax.experimental.pallas.ops.gpu import attention as mha  # pylint: disable=g-import-not-at-top
+    return lambda q, k, v: mha.mha(q, k, v, segment_ids=None, sm_scale=scale,
+                                   causal=case.is_causal)
+  if impl == "pallas_mgpu":
+    device = jax.devices()[0]
+    if jflash.tuning.gpu_compute_capability(device) != (9, 0):
+      raise Unsupported("attention_mgpu needs a Hopper (sm_90) GPU")
+    if case.head_dim % 64 or case.seq_len % 128:
+      raise Unsupported("attention_mgpu needs H % 64 == 0 and T % 128 == 0")
+    from jax.experimental.pallas.ops.gpu import attention_mgpu as mgpu  # pylint: disable=g-import-not-at-top
+    block = 64 if case.head_dim > 128 else 128
+    config = mgpu.TuningConfig(block_q=64, block_kv=block, max_concurrent_steps=2,
+                               causal=case.is_causal, block_q_dkv=64, block_kv_dkv=64,
+                               block_q_dq=64, block_kv_dq=64)
+    # attention_mgpu's bf16 path is not usable in practice (ANCHORS.md): run it in fp16.
+    return lambda q, k, v: mgpu.attention(*(x.astype(jnp.float16) for x in (q, k, v)),
+                                          config).astype(q.dtype)
+  raise ValueError(f"unknown implementation {impl!r}; choose from {IMPLEMENTATIONS}")
+
+
+def available_implementations() -> tuple[str, ...]:
+  """What this device can run: everything on an sm80+ GPU, only XLA paths elsewhere."""
+  capability = jflash.tuning.gpu_compute_capability(jax.devices()[0])
+  if capability is None:
+    return ("jflash:xla", "xla")
+  impls = [i for i in IMPLEMENTATIONS if i != "pallas_mgpu" or capability == (9, 0)]
+  return tuple(impls)
+
+
+# ------------------------------------------------------------------------------ timing
+
 
 def gpu_time_ms(fn, *args, iterations: int = 20, warmup: int = 3) -> float:
-  """Median GPU time of `fn(*args)` in milliseconds, from CUPTI kernel timestamps."""
+  """Median GPU time of fn(*args) in ms, from CUPTI kernel timestamps."""
   from jax.experimental.mosaic.gpu import profiler  # pylint: disable=g-import-not-at-top
   for _ in range(warmup):
     jax.block_until_ready(fn(*args))
@@ -55,61 +134,128 @@ def gpu_time_ms(fn, *args, iterations: int = 20, warmup: int = 3) -> float:
   return statistics.median(times)
 
 
-def _attention_fns(name: str, case: Case, config=None):
-  """(forward, forward+backward) callables for one implementation, or None if unsupported."""
-  scale = case.head_dim ** -0.5
-  if name.startswith("jflash"):
-    impl = name.split(":")[1] if ":" in name else None
+def wall_time_ms(fn, *args, iterations: int = 3, warmup: int = 1) -> float:
+  """Median wall-clock time in ms (only for the CPU smoke test of the plumbing)."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(iterations):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append((time.perf_counter() - start) * 1e3)
+  return statistics.median(times)
 
-    def attn(q, k, v):
-      return jflash.attention(q, k, v, is_causal=case.is_causal, implementation=impl,
-                              config=config)
-  elif name in ("cudnn", "xla"):
-    def attn(q, k, v):
-      return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=case.is_causal,
-                                          implementation=name)
-  elif name == "pallas_mha":
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", DeprecationWarning)
-      from jax.experimental.pallas.ops.gpu import attention as mha_module  # pylint: disable=g-import-not-at-top
 
-    def attn(q, k, v):
-      return mha_module.mha(q, k, v, segment_ids=None, sm_scale=scale, causal=case.is_causal)
-  else:
-    raise ValueError(f"unknown implementation {name!r}")
+def _inputs(case: Case):
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  q_shape = (case.batch, case.seq_len, case.heads, case.head_dim)
+  kv_shape = (case.batch, case.seq_len, case.kv_heads, case.head_dim)
+  dtype = jnp.dtype(case.dtype)
+  return (jax.random.normal(keys[0], q_shape, dtype), jax.random.normal(keys[1], kv_shape, dtype),
+          jax.random.normal(keys[2], kv_shape, dtype), jax.random.normal(keys[3], q_shape, dtype))
 
-  fwd = jax.jit(attn)
 
-  @jax.jit
+def _error(e: Exception) -> str:
+  text = str(e).splitlines()[0] if str(e) else type(e).__name__
+  if isinstance(e, Unsupported):
+    return f"unsupported: {text}"
+  if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+    return f"out of memory: {text[:160]}"
+  return f"failed: {type(e).__name__}: {text[:160]}"
+
+
+def _compiled(fn, *shapes):
+  compiled = jax.jit(fn).lower(*shapes).compile()
+  return compiled, compiled.memory_analysis().temp_size_in_bytes
+
+
+def measure(impl: str, case: Case, timer=gpu_time_ms, iterations: int = 20, config=None) -> dict:
+  """Forward, backward and fwd+bwd time, TFLOP/s and temp memory of `impl` on `case`."""
+  row = dict(impl=impl, head_dim=case.head_dim, seq_len=case.seq_len, causal=case.is_causal,
+             dtype=case.dtype, batch=case.batch, heads=case.heads, kv_heads=case.kv_heads)
+  q, k, v, do = _inputs(case)
+  shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v, do)]
+  try:
+    attn = attention_fn(impl, case, config)
+    fwd, row["fwd_temp_bytes"] = _compiled(attn, *shapes[:3])
+    row["fwd_ms"] = timer(fwd, q, k, v, iterations=iterations)
+  except Exception as e:  # a row that says why, never a crash
+    row["error"] = _error(e)
+    return row
+
   def fwd_bwd(q, k, v, do):
     out, vjp = jax.vjp(attn, q, k, v)
     return vjp(do)
 
-  return fwd, fwd_bwd
-
-
-def run_case(name: str, case: Case, iterations: int = 20, config=None) -> dict:
-  """Times one implementation on one case; failures become a row that says why."""
-  row = dict(impl=name, **dataclasses.asdict(case), batch=case.batch, heads=case.heads)
-  keys = jax.random.split(jax.random.PRNGKey(0), 4)
-  shape = (case.batch, case.seq_len, case.heads, case.head_dim)
-  q, k, v, do = (jax.random.normal(key, shape, case.dtype) for key in keys)
   try:
-    fwd, fwd_bwd = _attention_fns(name, case, config)
-    t_fwd = gpu_time_ms(fwd, q, k, v, iterations=iterations)
-    t_all = gpu_time_ms(fwd_bwd, q, k, v, do, iterations=iterations)
-  except Exception as e:  # an unsupported case or OOM is a row, never a crash
-    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    return row
+    both, row["fwd_bwd_temp_bytes"] = _compiled(fwd_bwd, *shapes)
+    row["fwd_bwd_ms"] = timer(both, q, k, v, do, iterations=iterations)
+    row["bwd_ms"] = max(row["fwd_bwd_ms"] - row["fwd_ms"], 1e-9)
+  except Exception as e:
+    row["bwd_error"] = _error(e)
   flops = case.forward_flops()
-  t_bwd = max(t_all - t_fwd, 1e-9)
-  row.update(fwd_ms=t_fwd, bwd_ms=t_bwd, fwd_bwd_ms=t_all,
-             fwd_tflops=flops / t_fwd / 1e9, bwd_tflops=2.5 * flops / t_bwd / 1e9,
-             fwd_bwd_tflops=3.5 * flops / t_all / 1e9)
+  row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
+  if "bwd_ms" in row:
+    row["bwd_tflops"] = 2.5 * flops / row["bwd_ms"] / 1e9
+    row["fwd_bwd_tflops"] = 3.5 * flops / row["fwd_bwd_ms"] / 1e9
   return row
 
 
-# Block-size candidates for --sweep, per padded head dim: (block_q, block_kv, warps, stages)
+def add_ratios(rows: list[dict], baseline: str = "cudnn") -> None:
+  """Adds `*_vs_cudnn` = TFLOP/s / cuDNN's TFLOP/s on the same case, in place."""
+  key = lambda r: (r["head_dim"], r["seq_len"], r["causal"], r["dtype"], r["batch"],
+                   r["heads"], r["kv_heads"])
+  base = {key(r): r for r in rows if r["impl"] == baseline and "error" not in r}
+  for r in rows:
+    b = base.get(key(r))
+    for metric in ("fwd_tflops", "bwd_tflops", "fwd_bwd_tflops"):
+      if b is not None and metric in r and metric in b:
+        r[metric.replace("tflops", f"vs_{baseline}")] = r[metric] / b[metric]
+
+
+def memory_sweep(impls, seq_lens, head_dim: int = 128, dtype: str = "bfloat16") -> list[dict]:
+  """Peak temporary bytes of fwd and fwd+bwd (compile only), B=1, N·H=2048, causal."""
+  rows = []
+  for impl in impls:
+    for t in seq_lens:
+      case = Case.grid(head_dim, t, True, dtype, tokens=t)
+      row = dict(impl=impl, head_dim=head_dim, seq_len=t, batch=1, heads=case.heads)
+      shapes = [jax.ShapeDtypeStruct(x, jnp.dtype(dtype)) for x in
+                [(1, t, case.heads, head_dim)] * 4]
+      try:
+        attn = attention_fn(impl, case)
+        row["fwd_temp_bytes"] = _compiled(attn, *shapes[:3])[1]
+
+        def fwd_bwd(q, k, v, do, attn=attn):
+          return jax.vjp(attn, q, k, v)[1](do)
+
+        row["fwd_bwd_temp_bytes"] = _compiled(fwd_bwd, *shapes)[1]
+      except Exception as e:
+        row["error"] = _error(e)
+      rows.append(row)
+  return rows
+
+
+def block_sweep(case: Case, block_kvs=(16, 32, 64, 128, 256), timer=gpu_time_ms,
+                iterations: int = 20) -> list[dict]:
+  """Forward time of jflash's Triton kernel vs block_kv (FlashAttention paper, Fig. 2)."""
+  rows = []
+  base = jflash.default_config(case.head_dim, jnp.dtype(case.dtype), case.is_causal)
+  q, k, v, _ = _inputs(case)
+  for block_kv in block_kvs:
+    row = dict(head_dim=case.head_dim, seq_len=case.seq_len, causal=case.is_causal,
+               block_q=base.block_q, block_kv=block_kv)
+    try:
+      config = dataclasses.replace(base, block_kv=block_kv)
+      fwd = jax.jit(attention_fn("jflash:triton", case, config))
+      row["fwd_ms"] = timer(fwd, q, k, v, iterations=iterations)
+    except Exception as e:
+      row["error"] = _error(e)
+    rows.append(row)
+  return rows
+
+
+# Block-size candidates for --tune, per padded head dim: (block_q, block_kv, warps, stages)
 # for the forward, dK/dV and dQ kernels. Candidate i of each list runs in the same call.
 SWEEP = {
     64: dict(
@@ -139,10 +285,9 @@ SWEEP = {
 def kernel_times_ms(case: Case, config, iterations: int = 20) -> dict[str, float]:
   """Median GPU time of each jflash kernel in one forward+backward, by kernel name."""
   from jax.experimental.mosaic.gpu import profiler  # pylint: disable=g-import-not-at-top
-  keys = jax.random.split(jax.random.PRNGKey(0), 4)
-  shape = (case.batch, case.seq_len, case.heads, case.head_dim)
-  q, k, v, do = (jax.random.normal(key, shape, case.dtype) for key in keys)
-  _, fwd_bwd = _attention_fns("jflash:triton", case, config)
+  q, k, v, do = _inputs(case)
+  attn = attention_fn("jflash:triton", case, config)
+  fwd_bwd = jax.jit(lambda q, k, v, do: jax.vjp(attn, q, k, v)[1](do))
   jax.block_until_ready(fwd_bwd(q, k, v, do))
   _, runs = profiler.measure(fwd_bwd, aggregate=False, iterations=iterations)(q, k, v, do)
   times: dict[str, list[float]] = {}
@@ -175,73 +320,208 @@ def sweep(case: Case, iterations: int = 20) -> list[dict]:
   return rows
 
 
-def temp_memory_bytes(name: str, case: Case, with_grad: bool = True) -> int | str:
-  """XLA's compiled peak temporary memory for one implementation (compiles, never runs)."""
-  shape = jax.ShapeDtypeStruct((case.batch, case.seq_len, case.heads, case.head_dim), case.dtype)
+# -------------------------------------------------------------------- tables and plots
+
+
+def format_table(rows: list[dict]) -> str:
+  """The rows as a text table: TFLOP/s fwd / bwd / fwd+bwd, ratio to cuDNN, memory."""
+  head = (f"{'case':44s} {'impl':14s} {'fwd':>7s} {'bwd':>7s} {'f+b':>7s} "
+          f"{'fwd/cuDNN':>9s} {'bwd/cuDNN':>9s} {'temp f+b':>10s}")
+  lines = [head, "-" * len(head)]
+  for r in rows:
+    case = Case(r["head_dim"], r["seq_len"], r["causal"], r["dtype"], r["batch"], r["heads"],
+                r["kv_heads"]).label()
+    if "error" in r:
+      lines.append(f"{case:44s} {r['impl']:14s} {r['error']}")
+      continue
+    fmt = lambda key, spec: format(r[key], spec) if key in r else format("—", ">" + spec[0])
+    temp = f"{r['fwd_bwd_temp_bytes'] / 2**20:8.1f}Mi" if "fwd_bwd_temp_bytes" in r else "—"
+    lines.append(f"{case:44s} {r['impl']:14s} {fmt('fwd_tflops', '7.1f')} "
+                 f"{fmt('bwd_tflops', '7.1f')} {fmt('fwd_bwd_tflops', '7.1f')} "
+                 f"{fmt('fwd_vs_cudnn', '9.2f')} {fmt('bwd_vs_cudnn', '9.2f')} {temp:>10s}"
+                 + (f"  ({r['bwd_error']})" if "bwd_error" in r else ""))
+  return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: pathlib.Path) -> None:
+  fields = sorted({k for r in rows for k in r})
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def plot_all(out: pathlib.Path, rows, memory_rows, block_rows, title: str) -> list[str]:
+  """TFLOP/s vs T per head dim (forward, backward), memory vs T, runtime vs block_kv."""
   try:
-    fwd, fwd_bwd = _attention_fns(name, case)
-    fn, args = (fwd_bwd, (shape,) * 4) if with_grad else (fwd, (shape,) * 3)
-    return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
-  except Exception as e:  # OOM at compile time, unsupported case
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print("matplotlib is not installed: no plots (pip install 'jflash[bench]')")
+    return []
+  written = []
+  grid = [r for r in rows if r["kv_heads"] == r["heads"] and "error" not in r]
+  head_dims = sorted({r["head_dim"] for r in grid})
+  for metric, name in (("fwd_tflops", "forward"), ("bwd_tflops", "backward")):
+    if not head_dims:
+      break
+    fig, axes = plt.subplots(2, len(head_dims), figsize=(4.5 * len(head_dims), 7),
+                             squeeze=False)
+    for col, h in enumerate(head_dims):
+      for row_i, causal in enumerate((False, True)):
+        ax = axes[row_i][col]
+        for impl in dict.fromkeys(r["impl"] for r in grid):
+          pts = sorted((r["seq_len"], r[metric]) for r in grid if r["impl"] == impl
+                       and r["head_dim"] == h and r["causal"] == causal and metric in r)
+          if pts:
+            ax.plot(*zip(*pts), "o-", label=impl)
+        ax.set_xscale("log", base=2)
+        ax.set(title=f"H={h}, {'causal' if causal else 'not causal'}", xlabel="sequence length",
+               ylabel=f"{name} TFLOP/s")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{name}: {title}")
+    fig.tight_layout()
+    path = out / f"tflops_{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path.name)
+  if memory_rows:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for impl in dict.fromkeys(r["impl"] for r in memory_rows):
+      pts = sorted((r["seq_len"], r["fwd_bwd_temp_bytes"] / 2**20) for r in memory_rows
+                   if r["impl"] == impl and "fwd_bwd_temp_bytes" in r)
+      if pts:
+        ax.plot(*zip(*pts), "o-", label=impl)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set(xlabel="sequence length (B=1)", ylabel="peak temporary memory, fwd+bwd (MiB)",
+           title=f"memory: {title}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "memory.png", dpi=110)
+    plt.close(fig)
+    written.append("memory.png")
+  ok = [r for r in block_rows if "fwd_ms" in r]
+  if ok:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["block_kv"] for r in ok], [r["fwd_ms"] for r in ok], "o-")
+    ax.set_xscale("log", base=2)
+    r0 = ok[0]
+    ax.set(xlabel="block_kv", ylabel="forward time (ms)",
+           title=f"jflash triton, H={r0['head_dim']} T={r0['seq_len']}, block_q={r0['block_q']}")
+    fig.tight_layout()
+    fig.savefig(out / "block_sweep.png", dpi=110)
+    plt.close(fig)
+    written.append("block_sweep.png")
+  return written
+
+
+def _progress(items, desc):
+  try:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    return tqdm(items, desc=desc, dynamic_ncols=True, file=sys.stdout)
+  except ImportError:
+    return items
+
+
+def _versions() -> dict:
+  info = dict(device=jax.devices()[0].device_kind, jax=jax.__version__,
+              jflash=jflash.__version__, date=datetime.date.today().isoformat(),
+              command=" ".join(["python -m jflash.bench", *sys.argv[1:]]))
+  try:
+    from jax._src.lib import cuda_versions  # pylint: disable=g-import-not-at-top
+    info["cudnn"] = cuda_versions.cudnn_get_version() if cuda_versions else None
+  except Exception:  # not a CUDA build
+    info["cudnn"] = None
+  return info
+
+
+# --------------------------------------------------------------------------------- CLI
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--head-dim", type=int, nargs="*", default=[64, 128, 256])
-  parser.add_argument("--seq-len", type=int, nargs="*", default=[1024, 4096, 16384])
+  parser.add_argument("--head-dim", type=int, nargs="+", default=[64, 128, 256])
+  parser.add_argument("--seq-len", type=int, nargs="+",
+                      default=[512, 1024, 2048, 4096, 8192, 16384])
   parser.add_argument("--causal", choices=["yes", "no", "both"], default="both")
-  parser.add_argument("--impl", nargs="*", default=["jflash", "cudnn", "pallas_mha"])
+  parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+  parser.add_argument("--impl", nargs="+", help=f"subset of {IMPLEMENTATIONS}")
+  parser.add_argument("--quick", action="store_true",
+                      help="H=128, T in {1k, 4k}, 10 iterations, short sweeps")
   parser.add_argument("--iterations", type=int, default=20)
-  parser.add_argument("--json", help="write the rows to this file")
-  parser.add_argument("--memory", action="store_true",
-                      help="peak temporary memory of fwd+bwd, B=1, N*H=2048, per --seq-len")
-  parser.add_argument("--sweep", action="store_true",
-                      help="time the block-size candidates of SWEEP, kernel by kernel")
+  parser.add_argument("--memory-seq-len", type=int, nargs="*",
+                      default=[1024, 4096, 16384, 65536, 131072],
+                      help="T for the B=1 memory sweep (none: skip it)")
+  parser.add_argument("--no-block-sweep", action="store_true")
+  parser.add_argument("--tune", action="store_true",
+                      help="only time the SWEEP block-size candidates, kernel by kernel")
+  parser.add_argument("--out", help="output folder (default: bench-<device>-<date>)")
+  parser.add_argument("--cpu-smoke", action="store_true",
+                      help="test the plumbing on a CPU: tiny sizes, XLA paths, wall clock")
   args = parser.parse_args(argv)
-  if jax.default_backend() != "gpu":
-    print(f"jflash.bench needs a GPU; JAX sees only {jax.devices()}", file=sys.stderr)
+
+  on_gpu = jflash.tuning.gpu_compute_capability(jax.devices()[0]) is not None
+  if not on_gpu and not args.cpu_smoke:
+    print(f"jflash.bench needs an NVIDIA GPU; JAX sees {jax.devices()}. (--cpu-smoke only "
+          "tests the plumbing.)", file=sys.stderr)
     return 2
+  timer, iterations = gpu_time_ms, args.iterations
+  if args.quick:
+    args.head_dim, args.seq_len, iterations = [128], [1024, 4096], 10
+    args.memory_seq_len = [1024, 16384]
+  if args.cpu_smoke:
+    timer, iterations = wall_time_ms, 2
+  impls = tuple(args.impl or available_implementations())
+  unknown = [i for i in impls if i not in IMPLEMENTATIONS]
+  if unknown:
+    parser.error(f"--impl {unknown} not in {IMPLEMENTATIONS}")
   causal = {"yes": [True], "no": [False], "both": [False, True]}[args.causal]
-  device = jax.devices()[0]
-  print(f"# {device.device_kind}, jax {jax.__version__}, jflash {jflash.__version__}")
-  rows = []
-  if args.memory:
-    for h in args.head_dim:
-      for t in args.seq_len:
-        case = Case(h, t, True, tokens=t)
-        for name in args.impl:
-          used = temp_memory_bytes(name, case)
-          text = used if isinstance(used, str) else f"{used / 2**20:10.1f} MiB"
-          print(f"memory fwd+bwd B=1 N={case.heads} H={h} T={t} causal {name:12s} {text}",
-                flush=True)
+  tokens, width = (256, 64) if args.cpu_smoke else (16384, 2048)
+  cases = [Case.grid(h, t, c, args.dtype, tokens, width)
+           for h in args.head_dim for t in args.seq_len for c in causal]
+  # One grouped-query case (N/K = 4), at the middle of the grid.
+  h_mid, t_mid = args.head_dim[len(args.head_dim) // 2], args.seq_len[len(args.seq_len) // 2]
+  cases.append(Case.grid(h_mid, t_mid, True, args.dtype, tokens, width, group=4))
+
+  if args.tune:
+    for case in cases[:-1]:
+      sweep(case, iterations)
     return 0
-  if args.sweep:
-    for h in args.head_dim:
-      for t in args.seq_len:
-        for c in causal:
-          rows.extend(sweep(Case(h, t, c), args.iterations))
-    if args.json:
-      with open(args.json, "w") as f:
-        json.dump(dict(device=device.device_kind, jax=jax.__version__, rows=rows), f, indent=1)
-    return 0
-  for h in args.head_dim:
-    for t in args.seq_len:
-      for c in causal:
-        case = Case(h, t, c)
-        for name in args.impl:
-          start = time.time()
-          row = run_case(name, case, args.iterations)
-          rows.append(row)
-          if "error" in row:
-            print(f"H={h:3d} T={t:5d} causal={c!s:5} {name:12s} {row['error']}", flush=True)
-          else:
-            print(f"H={h:3d} T={t:5d} causal={c!s:5} {name:12s} fwd {row['fwd_tflops']:6.1f} "
-                  f"bwd {row['bwd_tflops']:6.1f} TFLOP/s  ({row['fwd_ms']:.3f} / "
-                  f"{row['bwd_ms']:.3f} ms) [{time.time() - start:.0f}s]", flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(dict(device=device.device_kind, jax=jax.__version__, rows=rows), f, indent=1)
+  meta = _versions()
+  out = pathlib.Path(args.out or f"bench-{meta['device'].replace(' ', '_')}-{meta['date']}")
+  out.mkdir(parents=True, exist_ok=True)
+  print(f"# {meta['device']}, jax {meta['jax']}, cuDNN {meta['cudnn']}, jflash "
+        f"{meta['jflash']}, {meta['date']}; writing {out}/", flush=True)
+
+  rows = [measure(impl, case, timer, iterations)
+          for case, impl in _progress([(c, i) for c in cases for i in impls], "cases")]
+  add_ratios(rows)
+  memory_impls = [i for i in impls if i != "pallas_mgpu"]
+  memory_rows = memory_sweep(memory_impls, args.memory_seq_len) if args.memory_seq_len else []
+  block_rows = []
+  if not args.no_block_sweep and "jflash:triton" in impls:
+    block_rows = block_sweep(Case.grid(128 if 128 in args.head_dim else args.head_dim[0],
+                                       4096 if 4096 in args.seq_len else args.seq_len[-1],
+                                       False, args.dtype, tokens, width), timer=timer,
+                             iterations=iterations)
+
+  (out / "results.json").write_text(json.dumps(
+      dict(meta=meta, rows=rows, memory=memory_rows, block_sweep=block_rows), indent=1))
+  write_csv(rows, out / "results.csv")
+  plots = plot_all(out, rows, memory_rows, block_rows,
+                   f"{meta['device']}, {args.dtype}, jax {meta['jax']}")
+  print(format_table(rows))
+  for r in memory_rows:
+    text = r.get("error") or (f"fwd {r['fwd_temp_bytes'] / 2**20:9.1f} MiB, fwd+bwd "
+                              f"{r['fwd_bwd_temp_bytes'] / 2**20:9.1f} MiB")
+    print(f"memory B=1 N={r['heads']} H={r['head_dim']} T={r['seq_len']:6d} causal "
+          f"{r['impl']:14s} {text}")
+  for r in block_rows:
+    print(f"block sweep H={r['head_dim']} T={r['seq_len']} block_q={r['block_q']} "
+          f"block_kv={r['block_kv']:3d}: {r.get('error') or format(r['fwd_ms'], '.3f') + ' ms'}")
+  print(f"wrote {out}/results.json, results.csv" + "".join(f", {p}" for p in plots))
   return 0
 
 

@@ -1,0 +1,58 @@
+"""The benchmark CLI's plumbing on CPU: tiny sizes, XLA paths, every output written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ON_GPU
+from jflash import bench
+
+
+def test_cpu_smoke_writes_rows_tables_and_plots(tmp_path, capsys):
+  out = tmp_path / "bench"
+  assert bench.main(["--cpu-smoke", "--head-dim", "32", "--seq-len", "64", "128",
+                     "--causal", "both", "--memory-seq-len", "256", "512",
+                     "--out", str(out)]) == 0
+  results = json.loads((out / "results.json").read_text())
+  rows = results["rows"]
+  # 2 T x 2 causal + 1 GQA case, for each XLA path the CPU has.
+  assert {r["impl"] for r in rows} == {"jflash:xla", "xla"}
+  assert len(rows) == 10
+  for r in rows:
+    assert "error" not in r, r
+    assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["fwd_tflops"] > 0
+  assert any(r["kv_heads"] < r["heads"] for r in rows)  # the GQA case
+  # The memory sweep: jflash's blockwise XLA path stays below jax.nn's dense one.
+  memory = {(r["impl"], r["seq_len"]): r["fwd_bwd_temp_bytes"] for r in results["memory"]}
+  assert memory[("jflash:xla", 512)] < memory[("xla", 512)]
+  assert results["meta"]["command"].startswith("python -m jflash.bench")
+  for name in ("results.csv", "tflops_forward.png", "tflops_backward.png", "memory.png"):
+    assert (out / name).stat().st_size > 0, name
+  table = capsys.readouterr().out
+  assert "H=32 T=128 causal B=2 N=2 K=1" in table
+
+
+@pytest.mark.skipif(ON_GPU, reason="the no-GPU message is only shown without a GPU")
+def test_without_gpu_says_so_and_fails(capsys):
+  assert bench.main([]) == 2
+  assert "needs an NVIDIA GPU" in capsys.readouterr().err
+
+
+def test_unsupported_cases_are_rows_not_crashes():
+  case = bench.Case.grid(64, 100, False, tokens=200, width=128, group=2)
+  row = bench.measure("pallas_mha", case, timer=bench.wall_time_ms, iterations=1)
+  assert row["error"] == "unsupported: mha has no GQA (needs K == N)"
+
+
+def test_ratios_and_flops():
+  case = bench.Case.grid(128, 4096, True)
+  assert (case.batch, case.heads, case.kv_heads) == (4, 16, 16)
+  assert case.forward_flops() == 4 * 4 * 16 * 4096 * 4096 * 128 / 2
+  rows = [dict(impl=i, head_dim=128, seq_len=4096, causal=True, dtype="bfloat16", batch=4,
+               heads=16, kv_heads=16, fwd_tflops=t, bwd_tflops=t / 2)
+          for i, t in (("cudnn", 500.0), ("jflash:triton", 400.0))]
+  bench.add_ratios(rows)
+  assert rows[1]["fwd_vs_cudnn"] == pytest.approx(0.8)
+  assert rows[1]["bwd_vs_cudnn"] == pytest.approx(0.8)
