@@ -106,7 +106,7 @@ _flash_attention_fn = attention_fn  # the default of FlashSelfAttention(attentio
 
 def _attention_any_batch(q, k, v, **kwargs):
   """jflash.attention over any number of leading batch dims (Flax allows several)."""
-  if q.ndim == 3 or (q.ndim == 4 and k.ndim == 4):
+  if q.ndim <= 4:
     return jflash.attention(q, k, v, **kwargs)
   batch = q.shape[:-3]
   flat = lambda x: x.reshape(math.prod(x.shape[:-3]), *x.shape[-3:])
