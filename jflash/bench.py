@@ -21,10 +21,12 @@ Writes ``results.json``, ``results.csv`` and PNG plots to ``--out``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import dataclasses
 import datetime
 import json
+import os
 import pathlib
 import statistics
 import sys
@@ -169,30 +171,87 @@ def _compiled(fn, *shapes):
   return compiled, compiled.memory_analysis().temp_size_in_bytes
 
 
-def measure(impl: str, case: Case, timer=gpu_time_ms, iterations: int = 20, config=None) -> dict:
+def _shapes(case: Case):
+  q_shape = (case.batch, case.seq_len, case.heads, case.head_dim)
+  kv_shape = (case.batch, case.seq_len, case.kv_heads, case.head_dim)
+  return [jax.ShapeDtypeStruct(s, jnp.dtype(case.dtype))
+          for s in (q_shape, kv_shape, kv_shape, q_shape)]
+
+
+@dataclasses.dataclass
+class Compiled:
+  """The compiled forward and forward+backward of one (implementation, case), or why not."""
+
+  fwd: object = None
+  fwd_temp_bytes: int | None = None
+  fwd_bwd: object = None
+  fwd_bwd_temp_bytes: int | None = None
+  error: str | None = None
+  bwd_error: str | None = None
+
+
+def compile_case(impl: str, case: Case, config=None) -> Compiled:
+  """Compiles `impl`'s forward and forward+backward on `case` (no device memory used)."""
+  result = Compiled()
+  shapes = _shapes(case)
+  try:
+    attn = attention_fn(impl, case, config)
+    result.fwd, result.fwd_temp_bytes = _compiled(attn, *shapes[:3])
+  except Exception as e:  # a row that says why, never a crash
+    result.error = _error(e)
+    return result
+
+  def fwd_bwd(q, k, v, do):
+    return jax.vjp(attn, q, k, v)[1](do)
+
+  try:
+    result.fwd_bwd, result.fwd_bwd_temp_bytes = _compiled(fwd_bwd, *shapes)
+  except Exception as e:
+    result.bwd_error = _error(e)
+  return result
+
+
+def compile_all(jobs, workers: int, desc: str = "compiling") -> list:
+  """`[fn(*args) for fn, *args in jobs]`, compiled on `workers` threads.
+
+  XLA and Triton compile outside the GIL, so a pool cuts the grid's compile time several
+  fold; the timing itself stays sequential. workers <= 1 compiles in this thread.
+  """
+  if workers <= 1:
+    return [fn(*args) for fn, *args in jobs]
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    futures = [pool.submit(fn, *args) for fn, *args in jobs]
+    for _ in _progress(concurrent.futures.as_completed(futures), desc, total=len(futures)):
+      pass
+    return [f.result() for f in futures]
+
+
+def measure(impl: str, case: Case, timer=gpu_time_ms, iterations: int = 20, config=None,
+            compiled: Compiled | None = None) -> dict:
   """Forward, backward and fwd+bwd time, TFLOP/s and temp memory of `impl` on `case`."""
   row = dict(impl=impl, head_dim=case.head_dim, seq_len=case.seq_len, causal=case.is_causal,
              dtype=case.dtype, batch=case.batch, heads=case.heads, kv_heads=case.kv_heads)
-  q, k, v, do = _inputs(case)
-  shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v, do)]
+  c = compiled if compiled is not None else compile_case(impl, case, config)
+  if c.error:
+    row["error"] = c.error
+    return row
+  row["fwd_temp_bytes"] = c.fwd_temp_bytes
   try:
-    attn = attention_fn(impl, case, config)
-    fwd, row["fwd_temp_bytes"] = _compiled(attn, *shapes[:3])
-    row["fwd_ms"] = timer(fwd, q, k, v, iterations=iterations)
-  except Exception as e:  # a row that says why, never a crash
+    q, k, v, do = _inputs(case)
+    row["fwd_ms"] = timer(c.fwd, q, k, v, iterations=iterations)
+  except Exception as e:  # e.g. out of memory at run time
     row["error"] = _error(e)
     return row
-
-  def fwd_bwd(q, k, v, do):
-    out, vjp = jax.vjp(attn, q, k, v)
-    return vjp(do)
-
-  try:
-    both, row["fwd_bwd_temp_bytes"] = _compiled(fwd_bwd, *shapes)
-    row["fwd_bwd_ms"] = timer(both, q, k, v, do, iterations=iterations)
-    row["bwd_ms"] = max(row["fwd_bwd_ms"] - row["fwd_ms"], 1e-9)
-  except Exception as e:
-    row["bwd_error"] = _error(e)
+  if c.bwd_error:
+    row["bwd_error"] = c.bwd_error
+  else:
+    row["fwd_bwd_temp_bytes"] = c.fwd_bwd_temp_bytes
+    try:
+      row["fwd_bwd_ms"] = timer(c.fwd_bwd, q, k, v, do, iterations=iterations)
+      row["bwd_ms"] = max(row["fwd_bwd_ms"] - row["fwd_ms"], 1e-9)
+    except Exception as e:
+      row["bwd_error"] = _error(e)
+  del q, k, v, do
   flops = case.forward_flops()
   row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
   if "bwd_ms" in row:
@@ -213,41 +272,47 @@ def add_ratios(rows: list[dict], baseline: str = "cudnn") -> None:
         r[metric.replace("tflops", f"vs_{baseline}")] = r[metric] / b[metric]
 
 
-def memory_sweep(impls, seq_lens, head_dim: int = 128, dtype: str = "bfloat16") -> list[dict]:
+def memory_sweep(impls, seq_lens, head_dim: int = 128, dtype: str = "bfloat16",
+                 workers: int = 1) -> list[dict]:
   """Peak temporary bytes of fwd and fwd+bwd (compile only), B=1, N·H=2048, causal."""
+  cases = [(impl, Case.grid(head_dim, t, True, dtype, tokens=t)) for impl in impls
+           for t in seq_lens]
+  compiled = compile_all([(compile_case, impl, case) for impl, case in cases], workers,
+                         "memory sweep")
   rows = []
-  for impl in impls:
-    for t in seq_lens:
-      case = Case.grid(head_dim, t, True, dtype, tokens=t)
-      row = dict(impl=impl, head_dim=head_dim, seq_len=t, batch=1, heads=case.heads)
-      shapes = [jax.ShapeDtypeStruct(x, jnp.dtype(dtype)) for x in
-                [(1, t, case.heads, head_dim)] * 4]
-      try:
-        attn = attention_fn(impl, case)
-        row["fwd_temp_bytes"] = _compiled(attn, *shapes[:3])[1]
-
-        def fwd_bwd(q, k, v, do, attn=attn):
-          return jax.vjp(attn, q, k, v)[1](do)
-
-        row["fwd_bwd_temp_bytes"] = _compiled(fwd_bwd, *shapes)[1]
-      except Exception as e:
-        row["error"] = _error(e)
-      rows.append(row)
+  for (impl, case), c in zip(cases, compiled):
+    row = dict(impl=impl, head_dim=head_dim, seq_len=case.seq_len, batch=1, heads=case.heads)
+    if c.error or c.bwd_error:
+      row["error"] = c.error or c.bwd_error
+    else:
+      row.update(fwd_temp_bytes=c.fwd_temp_bytes, fwd_bwd_temp_bytes=c.fwd_bwd_temp_bytes)
+    rows.append(row)
   return rows
 
 
+def _compile_forward(impl: str, case: Case, config=None):
+  """(compiled forward, None) or (None, why not)."""
+  try:
+    return _compiled(attention_fn(impl, case, config), *_shapes(case)[:3])[0], None
+  except Exception as e:
+    return None, _error(e)
+
+
 def block_sweep(case: Case, block_kvs=(16, 32, 64, 128, 256), timer=gpu_time_ms,
-                iterations: int = 20) -> list[dict]:
+                iterations: int = 20, workers: int = 1) -> list[dict]:
   """Forward time of jflash's Triton kernel vs block_kv (FlashAttention paper, Fig. 2)."""
-  rows = []
   base = jflash.default_config(case.head_dim, jnp.dtype(case.dtype), case.is_causal)
+  configs = [dataclasses.replace(base, block_kv=b) for b in block_kvs]
+  compiled = compile_all([(_compile_forward, "jflash:triton", case, c) for c in configs],
+                         workers, "block sweep")
   q, k, v, _ = _inputs(case)
-  for block_kv in block_kvs:
+  rows = []
+  for block_kv, (fwd, error) in zip(block_kvs, compiled):
     row = dict(head_dim=case.head_dim, seq_len=case.seq_len, causal=case.is_causal,
                block_q=base.block_q, block_kv=block_kv)
     try:
-      config = dataclasses.replace(base, block_kv=block_kv)
-      fwd = jax.jit(attention_fn("jflash:triton", case, config))
+      if error:
+        raise RuntimeError(error)
       row["fwd_ms"] = timer(fwd, q, k, v, iterations=iterations)
     except Exception as e:
       row["error"] = _error(e)
@@ -281,15 +346,23 @@ SWEEP = {
             (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 4, 2)]),
 }
 
+# Forward-only candidates for `--tune fwd` (more of them: a forward compiles in seconds).
+FORWARD_SWEEP = {
+    64: [(128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 8, 5), (128, 128, 4, 2), (128, 128, 4, 3),
+         (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4), (64, 64, 4, 3),
+         (64, 128, 4, 3), (256, 64, 16, 3), (256, 128, 16, 2)],
+    128: [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 4, 2),
+          (64, 128, 4, 3), (256, 64, 16, 3), (256, 128, 16, 2)],
+    256: [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3), (128, 128, 8, 1),
+          (256, 64, 16, 2)],
+}
 
-def kernel_times_ms(case: Case, config, iterations: int = 20) -> dict[str, float]:
-  """Median GPU time of each jflash kernel in one forward+backward, by kernel name."""
+
+def _kernel_times_ms(fwd_bwd, args, iterations: int) -> dict[str, float]:
+  """Median GPU time of each jflash kernel in one call of `fwd_bwd`, by kernel name."""
   from jax.experimental.mosaic.gpu import profiler  # pylint: disable=g-import-not-at-top
-  q, k, v, do = _inputs(case)
-  attn = attention_fn("jflash:triton", case, config)
-  fwd_bwd = jax.jit(lambda q, k, v, do: jax.vjp(attn, q, k, v)[1](do))
-  jax.block_until_ready(fwd_bwd(q, k, v, do))
-  _, runs = profiler.measure(fwd_bwd, aggregate=False, iterations=iterations)(q, k, v, do)
+  jax.block_until_ready(fwd_bwd(*args))
+  _, runs = profiler.measure(fwd_bwd, aggregate=False, iterations=iterations)(*args)
   times: dict[str, list[float]] = {}
   for run in runs:
     for name, ms in run:
@@ -298,18 +371,29 @@ def kernel_times_ms(case: Case, config, iterations: int = 20) -> dict[str, float
   return {name: statistics.median(ms) for name, ms in times.items()}
 
 
-def sweep(case: Case, iterations: int = 20) -> list[dict]:
+def _config(fwd, dkv=None, dq=None):
+  kwargs = dict(block_q=fwd[0], block_kv=fwd[1], num_warps=fwd[2], num_stages=fwd[3])
+  for suffix, blocks in (("_dkv", dkv), ("_dq", dq)):
+    if blocks:
+      kwargs.update({f"block_q{suffix}": blocks[0], f"block_kv{suffix}": blocks[1],
+                     f"num_warps{suffix}": blocks[2], f"num_stages{suffix}": blocks[3]})
+  return jflash.AttentionConfig(**kwargs)
+
+
+def sweep(case: Case, iterations: int = 20, workers: int = 1) -> list[dict]:
   """Times each candidate block config of SWEEP on one case, kernel by kernel."""
   table = SWEEP[jflash.tuning.padded_head_dim(case.head_dim)]
+  candidates = list(zip(table["fwd"], table["dkv"], table["dq"]))
+  compiled = compile_all([(compile_case, "jflash:triton", case, _config(*c))
+                          for c in candidates], workers, "tune")
+  args = _inputs(case)
   rows = []
-  for fwd, dkv, dq in zip(table["fwd"], table["dkv"], table["dq"]):
-    config = jflash.AttentionConfig(
-        block_q=fwd[0], block_kv=fwd[1], num_warps=fwd[2], num_stages=fwd[3],
-        block_q_dkv=dkv[0], block_kv_dkv=dkv[1], num_warps_dkv=dkv[2], num_stages_dkv=dkv[3],
-        block_q_dq=dq[0], block_kv_dq=dq[1], num_warps_dq=dq[2], num_stages_dq=dq[3])
+  for (fwd, dkv, dq), c in zip(candidates, compiled):
     row = dict(case=dataclasses.asdict(case), fwd_config=fwd, dkv_config=dkv, dq_config=dq)
     try:
-      row.update({f"{name}_ms": ms for name, ms in kernel_times_ms(case, config, iterations).items()})
+      if c.error or c.bwd_error:
+        raise RuntimeError(c.error or c.bwd_error)
+      row.update({f"{k}_ms": ms for k, ms in _kernel_times_ms(c.fwd_bwd, args, iterations).items()})
     except Exception as e:  # a config that does not compile is a row, never a crash
       row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     rows.append(row)
@@ -317,6 +401,34 @@ def sweep(case: Case, iterations: int = 20) -> list[dict]:
     print(f"H={case.head_dim} T={case.seq_len} causal={case.is_causal!s:5} fwd {fwd} "
           f"{row.get('fwd_ms', nan):.3f} ms | dkv {dkv} {row.get('dkv_ms', nan):.3f} "
           f"ms | dq {dq} {row.get('dq_ms', nan):.3f} ms {row.get('error', '')}", flush=True)
+  return rows
+
+
+def sweep_forward(case: Case, iterations: int = 20, workers: int = 1,
+                  timer=gpu_time_ms) -> list[dict]:
+  """Times the FORWARD_SWEEP candidates and JAX's Pallas `mha` forward on one case."""
+  candidates = FORWARD_SWEEP[jflash.tuning.padded_head_dim(case.head_dim)]
+  jobs = [(_compile_forward, "jflash:triton", case, _config(c)) for c in candidates]
+  jobs.append((_compile_forward, "pallas_mha", case))
+  compiled = compile_all(jobs, workers, "tune fwd")
+  q, k, v, _ = _inputs(case)
+  rows = []
+  for config, (fwd, error) in zip([*candidates, "pallas_mha"], compiled):
+    row = dict(case=dataclasses.asdict(case), config=config)
+    try:
+      if error:
+        raise RuntimeError(error)
+      row["fwd_ms"] = timer(fwd, q, k, v, iterations=iterations)
+      row["fwd_tflops"] = case.forward_flops() / row["fwd_ms"] / 1e9
+    except Exception as e:
+      row["error"] = _error(e)
+    rows.append(row)
+  mha = rows[-1].get("fwd_tflops")
+  for row in sorted(rows, key=lambda r: r.get("fwd_ms", float("inf"))):
+    ratio = f"{row['fwd_tflops'] / mha:5.2f}x mha" if mha and "fwd_tflops" in row else ""
+    text = row.get("error") or f"{row['fwd_ms']:.3f} ms {row['fwd_tflops']:6.1f} TFLOP/s {ratio}"
+    print(f"H={case.head_dim} T={case.seq_len} causal={case.is_causal!s:5} "
+          f"{str(row['config']):20s} {text}", flush=True)
   return rows
 
 
@@ -366,10 +478,11 @@ def plot_all(out: pathlib.Path, rows, memory_rows, block_rows, title: str) -> li
   for metric, name in (("fwd_tflops", "forward"), ("bwd_tflops", "backward")):
     if not head_dims:
       break
-    fig, axes = plt.subplots(2, len(head_dims), figsize=(4.5 * len(head_dims), 7),
-                             squeeze=False)
+    causals = sorted({r["causal"] for r in grid})
+    fig, axes = plt.subplots(len(causals), len(head_dims),
+                             figsize=(4.5 * len(head_dims), 3.5 * len(causals)), squeeze=False)
     for col, h in enumerate(head_dims):
-      for row_i, causal in enumerate((False, True)):
+      for row_i, causal in enumerate(causals):
         ax = axes[row_i][col]
         for impl in dict.fromkeys(r["impl"] for r in grid):
           pts = sorted((r["seq_len"], r[metric]) for r in grid if r["impl"] == impl
@@ -417,10 +530,10 @@ def plot_all(out: pathlib.Path, rows, memory_rows, block_rows, title: str) -> li
   return written
 
 
-def _progress(items, desc):
+def _progress(items, desc, total=None):
   try:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    return tqdm(items, desc=desc, dynamic_ncols=True, file=sys.stdout)
+    return tqdm(items, desc=desc, total=total, dynamic_ncols=True, file=sys.stdout)
   except ImportError:
     return items
 
@@ -440,6 +553,48 @@ def _versions() -> dict:
 # --------------------------------------------------------------------------------- CLI
 
 
+def _write_results(out: pathlib.Path, meta, rows, memory_rows, block_rows) -> None:
+  (out / "results.json").write_text(json.dumps(
+      dict(meta=meta, rows=rows, memory=memory_rows, block_sweep=block_rows), indent=1))
+
+
+def _report(out: pathlib.Path, meta, rows, memory_rows, block_rows, dtype) -> None:
+  """Writes results.json/.csv and the plots, and prints the table."""
+  _write_results(out, meta, rows, memory_rows, block_rows)
+  write_csv(rows, out / "results.csv")
+  plots = plot_all(out, rows, memory_rows, block_rows,
+                   f"{meta['device']}, {dtype}, jax {meta['jax']}")
+  print(format_table(rows))
+  for r in memory_rows:
+    text = r.get("error") or (f"fwd {r['fwd_temp_bytes'] / 2**20:9.1f} MiB, fwd+bwd "
+                              f"{r['fwd_bwd_temp_bytes'] / 2**20:9.1f} MiB")
+    print(f"memory B=1 N={r['heads']} H={r['head_dim']} T={r['seq_len']:6d} causal "
+          f"{r['impl']:14s} {text}")
+  for r in block_rows:
+    print(f"block sweep H={r['head_dim']} T={r['seq_len']} block_q={r['block_q']} "
+          f"block_kv={r['block_kv']:3d}: {r.get('error') or format(r['fwd_ms'], '.3f') + ' ms'}")
+  print(f"wrote {out}/results.json, results.csv" + "".join(f", {p}" for p in plots))
+
+
+def merge(paths, out: pathlib.Path) -> int:
+  """`--merge`: joins results.json files of several runs (same device) into one report."""
+  runs = [json.loads(pathlib.Path(p).read_text()) for p in paths]
+  devices = {r["meta"]["device"] for r in runs}
+  if len(devices) != 1:
+    print(f"--merge: the runs come from different devices {sorted(devices)}; not merging",
+          file=sys.stderr)
+    return 2
+  meta = dict(runs[0]["meta"], command=[r["meta"]["command"] for r in runs],
+              date=sorted({r["meta"]["date"] for r in runs}))
+  rows = [row for r in runs for row in r["rows"]]
+  memory_rows = [row for r in runs for row in r["memory"]]
+  block_rows = [row for r in runs for row in r["block_sweep"]]
+  out.mkdir(parents=True, exist_ok=True)
+  dtypes = sorted({r["dtype"] for r in rows})
+  _report(out, meta, rows, memory_rows, block_rows, "/".join(dtypes))
+  return 0
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--head-dim", type=int, nargs="+", default=[64, 128, 256])
@@ -455,19 +610,27 @@ def main(argv=None) -> int:
                       default=[1024, 4096, 16384, 65536, 131072],
                       help="T for the B=1 memory sweep (none: skip it)")
   parser.add_argument("--no-block-sweep", action="store_true")
-  parser.add_argument("--tune", action="store_true",
-                      help="only time the SWEEP block-size candidates, kernel by kernel")
+  parser.add_argument("--no-gqa", action="store_true", help="skip the grouped-query case")
+  parser.add_argument("--tune", nargs="?", const="all", choices=["all", "fwd"],
+                      help="only time block-size candidates: per kernel of fwd+bwd (all), "
+                      "or forward only next to Pallas mha (fwd)")
+  parser.add_argument("--compile-workers", type=int, default=min(8, os.cpu_count() or 1),
+                      help="threads compiling cases ahead of the (sequential) timing")
+  parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                      help="join results.json files of earlier runs into --out (no GPU)")
   parser.add_argument("--out", help="output folder (default: bench-<device>-<date>)")
   parser.add_argument("--cpu-smoke", action="store_true",
                       help="test the plumbing on a CPU: tiny sizes, XLA paths, wall clock")
   args = parser.parse_args(argv)
+  if args.merge:
+    return merge(args.merge, pathlib.Path(args.out or "bench-merged"))
 
   on_gpu = jflash.tuning.gpu_compute_capability(jax.devices()[0]) is not None
   if not on_gpu and not args.cpu_smoke:
     print(f"jflash.bench needs an NVIDIA GPU; JAX sees {jax.devices()}. (--cpu-smoke only "
           "tests the plumbing.)", file=sys.stderr)
     return 2
-  timer, iterations = gpu_time_ms, args.iterations
+  timer, iterations, workers = gpu_time_ms, args.iterations, args.compile_workers
   if args.quick:
     args.head_dim, args.seq_len, iterations = [128], [1024, 4096], 10
     args.memory_seq_len = [1024, 16384]
@@ -481,47 +644,51 @@ def main(argv=None) -> int:
   tokens, width = (256, 64) if args.cpu_smoke else (16384, 2048)
   cases = [Case.grid(h, t, c, args.dtype, tokens, width)
            for h in args.head_dim for t in args.seq_len for c in causal]
-  # One grouped-query case (N/K = 4), at the middle of the grid.
-  h_mid, t_mid = args.head_dim[len(args.head_dim) // 2], args.seq_len[len(args.seq_len) // 2]
-  cases.append(Case.grid(h_mid, t_mid, True, args.dtype, tokens, width, group=4))
-
-  if args.tune:
-    for case in cases[:-1]:
-      sweep(case, iterations)
-    return 0
+  if not args.no_gqa:  # one grouped-query case (N/K = 4), at the middle of the grid
+    h_mid, t_mid = args.head_dim[len(args.head_dim) // 2], args.seq_len[len(args.seq_len) // 2]
+    cases.append(Case.grid(h_mid, t_mid, True, args.dtype, tokens, width, group=4))
   meta = _versions()
   out = pathlib.Path(args.out or f"bench-{meta['device'].replace(' ', '_')}-{meta['date']}")
   out.mkdir(parents=True, exist_ok=True)
   print(f"# {meta['device']}, jax {meta['jax']}, cuDNN {meta['cudnn']}, jflash "
         f"{meta['jflash']}, {meta['date']}; writing {out}/", flush=True)
+  # Import JAX's Pallas ops once here: their import warns, and warning filters are not
+  # thread-safe.
+  warnings.filterwarnings("ignore", message=".*Pallas Triton backend is deprecated.*")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from jax.experimental.pallas.ops.gpu import attention as _  # pylint: disable=g-import-not-at-top,unused-import
 
-  rows = [measure(impl, case, timer, iterations)
-          for case, impl in _progress([(c, i) for c in cases for i in impls], "cases")]
+  if args.tune:
+    tune_rows = []
+    for case in (c for c in cases if c.kv_heads == c.heads):
+      if args.tune == "fwd":
+        tune_rows += sweep_forward(case, iterations, workers, timer)
+      else:
+        tune_rows += sweep(case, iterations, workers)
+      (out / f"tune_{args.tune}.json").write_text(json.dumps(dict(meta=meta, rows=tune_rows),
+                                                             indent=1))
+    return 0
+
+  jobs = [(case, impl) for case in cases for impl in impls]
+  compiled = compile_all([(compile_case, impl, case) for case, impl in jobs], workers)
+  rows = []
+  for (case, impl), c in zip(_progress(jobs, "timing"), compiled):
+    rows.append(measure(impl, case, timer, iterations, compiled=c))
+    _write_results(out, meta, rows, [], [])  # a run cut short keeps what it measured
+  del compiled
   add_ratios(rows)
   memory_impls = [i for i in impls if i != "pallas_mgpu"]
-  memory_rows = memory_sweep(memory_impls, args.memory_seq_len) if args.memory_seq_len else []
+  memory_rows = (memory_sweep(memory_impls, args.memory_seq_len, workers=workers)
+                 if args.memory_seq_len else [])
+  _write_results(out, meta, rows, memory_rows, [])
   block_rows = []
   if not args.no_block_sweep and "jflash:triton" in impls:
     block_rows = block_sweep(Case.grid(128 if 128 in args.head_dim else args.head_dim[0],
                                        4096 if 4096 in args.seq_len else args.seq_len[-1],
                                        False, args.dtype, tokens, width), timer=timer,
-                             iterations=iterations)
-
-  (out / "results.json").write_text(json.dumps(
-      dict(meta=meta, rows=rows, memory=memory_rows, block_sweep=block_rows), indent=1))
-  write_csv(rows, out / "results.csv")
-  plots = plot_all(out, rows, memory_rows, block_rows,
-                   f"{meta['device']}, {args.dtype}, jax {meta['jax']}")
-  print(format_table(rows))
-  for r in memory_rows:
-    text = r.get("error") or (f"fwd {r['fwd_temp_bytes'] / 2**20:9.1f} MiB, fwd+bwd "
-                              f"{r['fwd_bwd_temp_bytes'] / 2**20:9.1f} MiB")
-    print(f"memory B=1 N={r['heads']} H={r['head_dim']} T={r['seq_len']:6d} causal "
-          f"{r['impl']:14s} {text}")
-  for r in block_rows:
-    print(f"block sweep H={r['head_dim']} T={r['seq_len']} block_q={r['block_q']} "
-          f"block_kv={r['block_kv']:3d}: {r.get('error') or format(r['fwd_ms'], '.3f') + ' ms'}")
-  print(f"wrote {out}/results.json, results.csv" + "".join(f", {p}" for p in plots))
+                             iterations=iterations, workers=workers)
+  _report(out, meta, rows, memory_rows, block_rows, args.dtype)
   return 0
 
 

@@ -56,3 +56,20 @@ def test_ratios_and_flops():
   bench.add_ratios(rows)
   assert rows[1]["fwd_vs_cudnn"] == pytest.approx(0.8)
   assert rows[1]["bwd_vs_cudnn"] == pytest.approx(0.8)
+
+
+def test_merge_joins_runs_into_one_report(tmp_path, capsys):
+  runs = []
+  for h in (16, 32):
+    out = tmp_path / f"run{h}"
+    assert bench.main(["--cpu-smoke", "--head-dim", str(h), "--seq-len", "64", "--causal",
+                       "no", "--no-gqa", "--memory-seq-len", "--out", str(out)]) == 0
+    runs.append(str(out / "results.json"))
+  merged = tmp_path / "merged"
+  assert bench.main(["--merge", *runs, "--out", str(merged)]) == 0
+  results = json.loads((merged / "results.json").read_text())
+  assert sorted((r["head_dim"], r["impl"]) for r in results["rows"]) == [
+      (16, "jflash:xla"), (16, "xla"), (32, "jflash:xla"), (32, "xla")]
+  assert len(results["meta"]["command"]) == 2
+  assert (merged / "tflops_forward.png").stat().st_size > 0
+  assert "H=32 T=64 full" in capsys.readouterr().out
