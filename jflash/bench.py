@@ -312,8 +312,9 @@ def block_sweep(case: Case, block_kvs=(16, 32, 64, 128, 256), timer=gpu_time_ms,
                block_q=base.block_q, block_kv=block_kv)
     try:
       if error:
-        raise RuntimeError(error)
-      row["fwd_ms"] = timer(fwd, q, k, v, iterations=iterations)
+        row["error"] = error
+      else:
+        row["fwd_ms"] = timer(fwd, q, k, v, iterations=iterations)
     except Exception as e:
       row["error"] = _error(e)
     rows.append(row)
@@ -417,9 +418,10 @@ def sweep_forward(case: Case, iterations: int = 20, workers: int = 1,
     row = dict(case=dataclasses.asdict(case), config=config)
     try:
       if error:
-        raise RuntimeError(error)
-      row["fwd_ms"] = timer(fwd, q, k, v, iterations=iterations)
-      row["fwd_tflops"] = case.forward_flops() / row["fwd_ms"] / 1e9
+        row["error"] = error
+      else:
+        row["fwd_ms"] = timer(fwd, q, k, v, iterations=iterations)
+        row["fwd_tflops"] = case.forward_flops() / row["fwd_ms"] / 1e9
     except Exception as e:
       row["error"] = _error(e)
     rows.append(row)
@@ -644,6 +646,7 @@ def main(argv=None) -> int:
   tokens, width = (256, 64) if args.cpu_smoke else (16384, 2048)
   cases = [Case.grid(h, t, c, args.dtype, tokens, width)
            for h in args.head_dim for t in args.seq_len for c in causal]
+  grid_cases = list(cases)
   if not args.no_gqa:  # one grouped-query case (N/K = 4), at the middle of the grid
     h_mid, t_mid = args.head_dim[len(args.head_dim) // 2], args.seq_len[len(args.seq_len) // 2]
     cases.append(Case.grid(h_mid, t_mid, True, args.dtype, tokens, width, group=4))
@@ -661,7 +664,7 @@ def main(argv=None) -> int:
 
   if args.tune:
     tune_rows = []
-    for case in (c for c in cases if c.kv_heads == c.heads):
+    for case in grid_cases:
       if args.tune == "fwd":
         tune_rows += sweep_forward(case, iterations, workers, timer)
       else:
