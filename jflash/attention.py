@@ -74,7 +74,9 @@ def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, inte
       With ``implementation=None`` this selects ``"triton"``.
     return_lse: also return the log-sum-exp of the scaled scores.
     config: an optional :class:`jflash.AttentionConfig` of block sizes; by default
-      :func:`jflash.default_config` picks one for (H, dtype, causal, GPU).
+      :func:`jflash.default_config` picks one for (H, dtype, causal, GPU, S) for the
+      Pallas kernels, and ``"xla"`` takes 512-position tiles
+      (``jflash.tuning.XLA_DEFAULT_CONFIG``).
 
   Returns:
     out: [B, T, N, H] (or [T, N, H]) in q's dtype. A query that sees no key gives 0.
@@ -112,9 +114,12 @@ def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, inte
   if not isinstance(return_lse, bool):
     raise ValueError(f"return_lse must be a bool, got {return_lse!r}")
   backend, compute_capability = _choose_backend(implementation, interpret, q)
-  if config is None:
+  if config is None and backend not in _PALLAS_BACKENDS:
+    config = tuning.XLA_DEFAULT_CONFIG
+  elif config is None:
     config = tuning.default_config(head_dim, dtype, is_causal,
-                                   compute_capability or tuning.INTERPRET_COMPUTE_CAPABILITY)
+                                   compute_capability or tuning.INTERPRET_COMPUTE_CAPABILITY,
+                                   kv_len=k.shape[1])
   elif not isinstance(config, tuning.AttentionConfig):
     raise ValueError(f"config must be a jflash.AttentionConfig or None, got {config!r}")
   if backend in _PALLAS_BACKENDS:

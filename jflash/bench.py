@@ -161,6 +161,8 @@ def _error(e: Exception) -> str:
   text = str(e).splitlines()[0] if str(e) else type(e).__name__
   if isinstance(e, Unsupported):
     return f"unsupported: {text}"
+  if "Shared memory size limit exceeded" in text:
+    return f"unsupported: its tiles need more shared memory than the GPU has ({text[:120]})"
   if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
     return f"out of memory: {text[:160]}"
   return f"failed: {type(e).__name__}: {text[:160]}"
@@ -301,7 +303,8 @@ def _compile_forward(impl: str, case: Case, config=None):
 def block_sweep(case: Case, block_kvs=(16, 32, 64, 128, 256), timer=gpu_time_ms,
                 iterations: int = 20, workers: int = 1) -> list[dict]:
   """Forward time of jflash's Triton kernel vs block_kv (FlashAttention paper, Fig. 2)."""
-  base = jflash.default_config(case.head_dim, jnp.dtype(case.dtype), case.is_causal)
+  base = jflash.default_config(case.head_dim, jnp.dtype(case.dtype), case.is_causal,
+                                kv_len=case.seq_len)
   configs = [dataclasses.replace(base, block_kv=b) for b in block_kvs]
   compiled = compile_all([(_compile_forward, "jflash:triton", case, c) for c in configs],
                          workers, "block sweep")
@@ -352,8 +355,9 @@ FORWARD_SWEEP = {
     64: [(128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 8, 5), (128, 128, 4, 2), (128, 128, 4, 3),
          (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4), (64, 64, 4, 3),
          (64, 128, 4, 3), (256, 64, 16, 3), (256, 128, 16, 2)],
-    128: [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 4, 2),
-          (64, 128, 4, 3), (256, 64, 16, 3), (256, 128, 16, 2)],
+    128: [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 8, 2),
+          (128, 32, 8, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3), (64, 128, 4, 3),
+          (256, 64, 16, 3)],
     256: [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3), (128, 128, 8, 1),
           (256, 64, 16, 2)],
 }

@@ -127,29 +127,37 @@ def check_fits(config: AttentionConfig, head_dim: int, dtype, compute_capability
 
 @functools.lru_cache(maxsize=None)
 def default_config(head_dim: int, dtype, is_causal: bool,
-                   compute_capability: tuple[int, int] = INTERPRET_COMPUTE_CAPABILITY
-                   ) -> AttentionConfig:
-  """The block-size heuristic: a config for (head dim, dtype, causal, GPU) that fits.
+                   compute_capability: tuple[int, int] = INTERPRET_COMPUTE_CAPABILITY,
+                   kv_len: int | None = None) -> AttentionConfig:
+  """The block-size heuristic for the Triton kernels: a config for the case that fits.
 
   Args:
     head_dim: H, 1..256.
     dtype: the dtype of q, k, v (bfloat16, float16 or float32).
     is_causal: whether the mask is causal.
     compute_capability: (major, minor) of the GPU; defaults to Hopper (9, 0).
+    kv_len: S, the number of keys each query row streams through (None: long).
 
   Returns:
-    An :class:`AttentionConfig` that passes :func:`check_fits` on that GPU.
+    An :class:`AttentionConfig` that passes :func:`check_fits` on that GPU. The choices
+    were measured on an H200 with ``python -m jflash.bench --tune`` (BUILD_NOTES.md,
+    "Tuning log").
   """
-  del is_causal  # Same tiles today; kept in the key so causal can be tuned separately.
   h = padded_head_dim(head_dim)
   wide = jnp.dtype(dtype).itemsize > 2
-  # Measured on an H200 (BUILD_NOTES.md, "Tuning"): python -m jflash.bench --sweep.
+  s = 1 << 30 if kv_len is None else kv_len
+  # Forward: on short rows (few key tiles per program), 64x64 tiles with 4 warps let two
+  # programs share an SM and overlap one's prologue/epilogue with the other's loop; causal
+  # rows are half as long on average and waste less of the diagonal tile with small
+  # tiles. Long rows stream best with 128x128 tiles.
   if h <= 64:
-    config = AttentionConfig(block_q=128, block_kv=64, num_warps=8, num_stages=3,
+    fwd = (64, 64, 4, 3) if s <= 2048 else (128, 128, 4, 3)
+    config = AttentionConfig(*fwd,
                              block_q_dkv=32, block_kv_dkv=64, num_warps_dkv=4, num_stages_dkv=3,
                              block_q_dq=64, block_kv_dq=64, num_warps_dq=4, num_stages_dq=2)
   elif h <= 128:
-    config = AttentionConfig(block_q=128, block_kv=128, num_warps=8, num_stages=3,
+    fwd = (64, 64, 4, 3) if s <= 512 or (is_causal and s <= 2048) else (128, 128, 8, 3)
+    config = AttentionConfig(*fwd,
                              block_q_dkv=64, block_kv_dkv=64, num_warps_dkv=4, num_stages_dkv=2,
                              block_q_dq=128, block_kv_dq=64, num_warps_dq=8, num_stages_dq=3)
   else:
@@ -163,6 +171,13 @@ def default_config(head_dim: int, dtype, is_causal: bool,
   while any(need > limit for need in shared_memory_estimate(config, head_dim, dtype).values()):
     config = _shrink(config)
   return config
+
+
+# The blockwise XLA implementation has no shared memory to fit: large tiles keep its
+# sequential loops short (a [B, N, 512, 512] fp32 score tile per step), and its
+# temporaries stay linear in the sequence length.
+XLA_DEFAULT_CONFIG = AttentionConfig(block_q=512, block_kv=512, block_q_dkv=512,
+                                     block_kv_dkv=512, block_q_dq=512, block_kv_dq=512)
 
 
 def _halve(config: AttentionConfig) -> AttentionConfig:

@@ -110,8 +110,11 @@ def test_config_that_does_not_fit_raises():
 @pytest.mark.parametrize("head_dim", [1, 32, 64, 80, 128, 200, 256])
 @pytest.mark.parametrize("capability", [(8, 0), (8, 6), (9, 0)])
 def test_default_config_fits(head_dim, dtype, capability):
-  config = jflash.default_config(head_dim, jnp.dtype(dtype), False, capability)
-  jflash.tuning.check_fits(config, head_dim, dtype, capability)
+  for is_causal in (False, True):
+    for kv_len in (None, 1, 512, 2048, 4096, 1 << 20):
+      config = jflash.default_config(head_dim, jnp.dtype(dtype), is_causal, capability,
+                                     kv_len=kv_len)
+      jflash.tuning.check_fits(config, head_dim, dtype, capability)
 
 
 def test_config_is_hashable_and_frozen():

@@ -39,6 +39,8 @@ def triton_modules(monkeypatch):
 @pytest.mark.parametrize("b, t, s, n, kv_heads, h, is_causal, dtype", [
     (2, 1024, 1024, 4, 4, 64, False, jnp.bfloat16),
     (2, 1024, 1024, 4, 2, 128, True, jnp.bfloat16),
+    (1, 4096, 4096, 2, 2, 64, True, jnp.bfloat16),  # long rows: the other forward tiles
+    (1, 4096, 4096, 2, 1, 128, False, jnp.float16),
     (1, 200, 257, 6, 3, 80, True, jnp.float16),
     (1, 257, 200, 4, 1, 256, True, jnp.float32),
     (1, 17, 1, 2, 1, 1, False, jnp.float32),
@@ -46,7 +48,7 @@ def triton_modules(monkeypatch):
 def test_kernels_lower_to_valid_triton_ir(triton_modules, b, t, s, n, kv_heads, h, is_causal,
                                           dtype):
   spec = MaskSpec(t, s, is_causal)
-  config = default_config(h, jnp.dtype(dtype), is_causal, (9, 0))
+  config = default_config(h, jnp.dtype(dtype), is_causal, (9, 0), kv_len=s)
   q = jax.ShapeDtypeStruct((b, t, n, h), dtype)
   kv = jax.ShapeDtypeStruct((b, s, kv_heads, h), dtype)
   stats = jax.ShapeDtypeStruct((b, t, n), jnp.float32)
