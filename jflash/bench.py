@@ -303,16 +303,24 @@ def _compile_forward(impl: str, case: Case, config=None):
 def block_sweep(case: Case, block_kvs=(16, 32, 64, 128, 256), timer=gpu_time_ms,
                 iterations: int = 20, workers: int = 1) -> list[dict]:
   """Forward time of jflash's Triton kernel vs block_kv (FlashAttention paper, Fig. 2)."""
-  base = jflash.default_config(case.head_dim, jnp.dtype(case.dtype), case.is_causal,
-                                kv_len=case.seq_len)
-  configs = [dataclasses.replace(base, block_kv=b) for b in block_kvs]
+  dtype = jnp.dtype(case.dtype)
+  base = jflash.default_config(case.head_dim, dtype, case.is_causal, kv_len=case.seq_len)
+  limit = jflash.tuning.shared_memory_limit(
+      jflash.tuning.gpu_compute_capability(jax.devices()[0]) or (9, 0))
+  configs = []
+  for block_kv in block_kvs:  # fewer pipeline stages where the tiles would not fit
+    config = dataclasses.replace(base, block_kv=block_kv)
+    while (config.num_stages > 1 and jflash.tuning.shared_memory_estimate(
+        config, case.head_dim, dtype)["forward"] > limit):
+      config = dataclasses.replace(config, num_stages=config.num_stages - 1)
+    configs.append(config)
   compiled = compile_all([(_compile_forward, "jflash:triton", case, c) for c in configs],
                          workers, "block sweep")
   q, k, v, _ = _inputs(case)
   rows = []
-  for block_kv, (fwd, error) in zip(block_kvs, compiled):
+  for config, (fwd, error) in zip(configs, compiled):
     row = dict(head_dim=case.head_dim, seq_len=case.seq_len, causal=case.is_causal,
-               block_q=base.block_q, block_kv=block_kv)
+               block_q=config.block_q, block_kv=config.block_kv, num_stages=config.num_stages)
     try:
       if error:
         row["error"] = error
@@ -525,6 +533,9 @@ def plot_all(out: pathlib.Path, rows, memory_rows, block_rows, title: str) -> li
   if ok:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["block_kv"] for r in ok], [r["fwd_ms"] for r in ok], "o-")
+    for r in ok:
+      ax.annotate(f"{r.get('num_stages', '?')} stages", (r["block_kv"], r["fwd_ms"]),
+                  textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     ax.set_xscale("log", base=2)
     r0 = ok[0]
     ax.set(xlabel="block_kv", ylabel="forward time (ms)",
@@ -578,7 +589,7 @@ def _report(out: pathlib.Path, meta, rows, memory_rows, block_rows, dtype) -> No
           f"{r['impl']:14s} {text}")
   for r in block_rows:
     print(f"block sweep H={r['head_dim']} T={r['seq_len']} block_q={r['block_q']} "
-          f"block_kv={r['block_kv']:3d}: {r.get('error') or format(r['fwd_ms'], '.3f') + ' ms'}")
+          f"block_kv={r['block_kv']:3d} stages={r.get('num_stages', '?')}: {r.get('error') or format(r['fwd_ms'], '.3f') + ' ms'}")
   print(f"wrote {out}/results.json, results.csv" + "".join(f", {p}" for p in plots))
 
 
@@ -592,7 +603,13 @@ def merge(paths, out: pathlib.Path) -> int:
     return 2
   meta = dict(runs[0]["meta"], command=[r["meta"]["command"] for r in runs],
               date=sorted({r["meta"]["date"] for r in runs}))
-  rows = [row for r in runs for row in r["rows"]]
+  rows, seen = [], set()
+  for row in (row for r in runs for row in r["rows"]):  # a case measured twice: the first
+    key = tuple(row[k] for k in ("impl", "head_dim", "seq_len", "causal", "dtype", "batch",
+                                 "heads", "kv_heads"))
+    if key not in seen:
+      seen.add(key)
+      rows.append(row)
   memory_rows = [row for r in runs for row in r["memory"]]
   block_rows = [row for r in runs for row in r["block_sweep"]]
   out.mkdir(parents=True, exist_ok=True)
@@ -642,7 +659,8 @@ def main(argv=None) -> int:
     args.memory_seq_len = [1024, 16384]
   if args.cpu_smoke:
     timer, iterations = wall_time_ms, 2
-  impls = tuple(args.impl or available_implementations())
+  impls = tuple(args.impl or (("jflash:xla", "xla") if args.cpu_smoke
+                              else available_implementations()))
   unknown = [i for i in impls if i not in IMPLEMENTATIONS]
   if unknown:
     parser.error(f"--impl {unknown} not in {IMPLEMENTATIONS}")
