@@ -161,6 +161,8 @@ def _error(e: Exception) -> str:
   text = str(e).splitlines()[0] if str(e) else type(e).__name__
   if isinstance(e, Unsupported):
     return f"unsupported: {text}"
+  if isinstance(e, NotImplementedError):
+    return f"unsupported: {type(e).__name__}: {text[:160]}"
   if "Shared memory size limit exceeded" in text:
     return f"unsupported: its tiles need more shared memory than the GPU has ({text[:120]})"
   if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
@@ -469,12 +471,53 @@ def format_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def markdown_table(rows: list[dict], ours: str = "jflash:triton") -> str:
+  """fwd / bwd TFLOP/s per case and implementation, and `ours` over cuDNN and over mha."""
+  impls = list(dict.fromkeys(r["impl"] for r in rows))
+  cases = list(dict.fromkeys((r["head_dim"], r["seq_len"], r["causal"], r["batch"], r["heads"],
+                              r["kv_heads"]) for r in rows))
+  by = {(r["impl"], r["head_dim"], r["seq_len"], r["causal"], r["batch"], r["heads"],
+         r["kv_heads"]): r for r in rows}
+
+  def cell(r):
+    if r is None:
+      return "—"
+    if "error" in r:
+      return r["error"].split(":")[0]
+    bwd = f"{r['bwd_tflops']:.0f}" if "bwd_tflops" in r else "—"
+    return f"{r['fwd_tflops']:.0f} / {bwd}"
+
+  def ratio(a, b):
+    if not a or not b or "fwd_tflops" not in a or "fwd_tflops" not in b:
+      return "—"
+    text = f"{a['fwd_tflops'] / b['fwd_tflops']:.2f}x"
+    if "bwd_tflops" in a and "bwd_tflops" in b:
+      text += f", {a['bwd_tflops'] / b['bwd_tflops']:.2f}x"
+    return text
+
+  head = ["H", "T", "causal", "B", "N", "K", *map(_legend, impls), f"{ours} / cudnn",
+          f"{ours} / pallas_mha"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for case in cases:
+    h, t, causal, b, n, k = case
+    cells = [cell(by.get((impl, *case))) for impl in impls]
+    mine = by.get((ours, *case))
+    lines.append("| " + " | ".join([str(h), str(t), "yes" if causal else "no", str(b), str(n),
+                                    str(k), *cells, ratio(mine, by.get(("cudnn", *case))),
+                                    ratio(mine, by.get(("pallas_mha", *case)))]) + " |")
+  return "\n".join(lines)
+
+
 def write_csv(rows: list[dict], path: pathlib.Path) -> None:
   fields = sorted({k for r in rows for k in r})
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
+
+
+def _legend(impl: str) -> str:
+  return impl + " (fp16)" if impl == "pallas_mgpu" else impl
 
 
 def plot_all(out: pathlib.Path, rows, memory_rows, block_rows, title: str) -> list[str]:
@@ -502,7 +545,7 @@ def plot_all(out: pathlib.Path, rows, memory_rows, block_rows, title: str) -> li
           pts = sorted((r["seq_len"], r[metric]) for r in grid if r["impl"] == impl
                        and r["head_dim"] == h and r["causal"] == causal and metric in r)
           if pts:
-            ax.plot(*zip(*pts), "o-", label=impl)
+            ax.plot(*zip(*pts), "o-", label=_legend(impl))
         ax.set_xscale("log", base=2)
         ax.set(title=f"H={h}, {'causal' if causal else 'not causal'}", xlabel="sequence length",
                ylabel=f"{name} TFLOP/s")
@@ -555,6 +598,13 @@ def _progress(items, desc, total=None):
     return items
 
 
+def _cudnn_text(version) -> str:
+  """cuDNN's integer version (e.g. 91900) as text (9.19.0)."""
+  if not isinstance(version, int):
+    return str(version)
+  return f"{version // 10000}.{version % 10000 // 100}.{version % 100}"
+
+
 def _versions() -> dict:
   info = dict(device=jax.devices()[0].device_kind, jax=jax.__version__,
               jflash=jflash.__version__, date=datetime.date.today().isoformat(),
@@ -579,6 +629,11 @@ def _report(out: pathlib.Path, meta, rows, memory_rows, block_rows, dtype) -> No
   """Writes results.json/.csv and the plots, and prints the table."""
   _write_results(out, meta, rows, memory_rows, block_rows)
   write_csv(rows, out / "results.csv")
+  dates = meta["date"] if isinstance(meta["date"], list) else [meta["date"]]
+  (out / "results.md").write_text(
+      f"{meta['device']}, jax {meta['jax']}, cuDNN {_cudnn_text(meta['cudnn'])}, "
+      f"{', '.join(dates)}: forward / backward TFLOP/s (ratios: forward, backward)\n\n"
+      + markdown_table(rows) + "\n")
   plots = plot_all(out, rows, memory_rows, block_rows,
                    f"{meta['device']}, {dtype}, jax {meta['jax']}")
   print(format_table(rows))
@@ -675,7 +730,7 @@ def main(argv=None) -> int:
   meta = _versions()
   out = pathlib.Path(args.out or f"bench-{meta['device'].replace(' ', '_')}-{meta['date']}")
   out.mkdir(parents=True, exist_ok=True)
-  print(f"# {meta['device']}, jax {meta['jax']}, cuDNN {meta['cudnn']}, jflash "
+  print(f"# {meta['device']}, jax {meta['jax']}, cuDNN {_cudnn_text(meta['cudnn'])}, jflash "
         f"{meta['jflash']}, {meta['date']}; writing {out}/", flush=True)
   # Import JAX's Pallas ops once here: their import warns, and warning filters are not
   # thread-safe.
