@@ -557,17 +557,32 @@ def plot_all(out: pathlib.Path, rows, memory_rows, block_rows, title: str) -> li
     plt.close(fig)
     written.append(path.name)
   if memory_rows:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    # As in FlashAttention (Dao et al. 2022), Figure 3: left, forward+backward runtime vs
+    # T (here from the grid, at one head dim, not causal); right, memory vs T (B=1).
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {impl: f"C{i}" for i, impl in enumerate(IMPLEMENTATIONS)}
+    h = 128 if 128 in head_dims else (head_dims[0] if head_dims else None)
+    for impl in dict.fromkeys(r["impl"] for r in grid):
+      pts = sorted((r["seq_len"], r["fwd_bwd_ms"]) for r in grid if r["impl"] == impl
+                   and r["head_dim"] == h and not r["causal"] and "fwd_bwd_ms" in r)
+      if pts:
+        left.plot(*zip(*pts), "o-", label=_legend(impl), color=colors.get(impl))
+    left.set(xlabel="sequence length (B·T = 16k tokens)", ylabel="forward+backward time (ms)",
+             title=f"runtime, H={h}, not causal", xscale="log", yscale="log")
     for impl in dict.fromkeys(r["impl"] for r in memory_rows):
       pts = sorted((r["seq_len"], r["fwd_bwd_temp_bytes"] / 2**20) for r in memory_rows
                    if r["impl"] == impl and "fwd_bwd_temp_bytes" in r)
       if pts:
-        ax.plot(*zip(*pts), "o-", label=impl)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set(xlabel="sequence length (B=1)", ylabel="peak temporary memory, fwd+bwd (MiB)",
-           title=f"memory: {title}")
-    ax.legend(fontsize=8)
+        right.plot(*zip(*pts), "o-", label=_legend(impl), color=colors.get(impl))
+    r0 = memory_rows[0]
+    right.set(xlabel="sequence length (B=1)", ylabel="peak temporary memory, fwd+bwd (MiB)",
+              title=f"memory, H={r0['head_dim']} N={r0['heads']}, causal", xscale="log",
+              yscale="log")
+    for ax in (left, right):
+      ax.set_xscale("log", base=2)
+      if ax.lines:
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out / "memory.png", dpi=110)
     plt.close(fig)
@@ -577,7 +592,8 @@ def plot_all(out: pathlib.Path, rows, memory_rows, block_rows, title: str) -> li
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["block_kv"] for r in ok], [r["fwd_ms"] for r in ok], "o-")
     for r in ok:
-      ax.annotate(f"{r.get('num_stages', '?')} stages", (r["block_kv"], r["fwd_ms"]),
+      stages = r.get("num_stages", "?")
+      ax.annotate(f"{stages} stage{'' if stages == 1 else 's'}", (r["block_kv"], r["fwd_ms"]),
                   textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     ax.set_xscale("log", base=2)
     r0 = ok[0]
@@ -649,7 +665,11 @@ def _report(out: pathlib.Path, meta, rows, memory_rows, block_rows, dtype) -> No
 
 
 def merge(paths, out: pathlib.Path) -> int:
-  """`--merge`: joins results.json files of several runs (same device) into one report."""
+  """`--merge`: joins results.json files of several runs (same device) into one report.
+
+  A case measured in several runs keeps its first run's row; the memory and block-size
+  sweeps come from the last run that has them.
+  """
   runs = [json.loads(pathlib.Path(p).read_text()) for p in paths]
   devices = {r["meta"]["device"] for r in runs}
   if len(devices) != 1:
@@ -665,8 +685,9 @@ def merge(paths, out: pathlib.Path) -> int:
     if key not in seen:
       seen.add(key)
       rows.append(row)
-  memory_rows = [row for r in runs for row in r["memory"]]
-  block_rows = [row for r in runs for row in r["block_sweep"]]
+  # A sweep is one experiment: the last run that has one supplies it.
+  memory_rows = next((r["memory"] for r in reversed(runs) if r["memory"]), [])
+  block_rows = next((r["block_sweep"] for r in reversed(runs) if r["block_sweep"]), [])
   out.mkdir(parents=True, exist_ok=True)
   dtypes = sorted({r["dtype"] for r in rows})
   _report(out, meta, rows, memory_rows, block_rows, "/".join(dtypes))
