@@ -148,13 +148,17 @@ def wall_time_ms(fn, *args, iterations: int = 3, warmup: int = 1) -> float:
   return statistics.median(times)
 
 
-def _inputs(case: Case):
-  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+def _shapes(case: Case):
   q_shape = (case.batch, case.seq_len, case.heads, case.head_dim)
   kv_shape = (case.batch, case.seq_len, case.kv_heads, case.head_dim)
-  dtype = jnp.dtype(case.dtype)
-  return (jax.random.normal(keys[0], q_shape, dtype), jax.random.normal(keys[1], kv_shape, dtype),
-          jax.random.normal(keys[2], kv_shape, dtype), jax.random.normal(keys[3], q_shape, dtype))
+  return [jax.ShapeDtypeStruct(s, jnp.dtype(case.dtype))
+          for s in (q_shape, kv_shape, kv_shape, q_shape)]
+
+
+def _inputs(case: Case):
+  """Random q, k, v, dO of the case's shapes and dtype, on the default device."""
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  return [jax.random.normal(key, s.shape, s.dtype) for key, s in zip(keys, _shapes(case))]
 
 
 def _error(e: Exception) -> str:
@@ -173,13 +177,6 @@ def _error(e: Exception) -> str:
 def _compiled(fn, *shapes):
   compiled = jax.jit(fn).lower(*shapes).compile()
   return compiled, compiled.memory_analysis().temp_size_in_bytes
-
-
-def _shapes(case: Case):
-  q_shape = (case.batch, case.seq_len, case.heads, case.head_dim)
-  kv_shape = (case.batch, case.seq_len, case.kv_heads, case.head_dim)
-  return [jax.ShapeDtypeStruct(s, jnp.dtype(case.dtype))
-          for s in (q_shape, kv_shape, kv_shape, q_shape)]
 
 
 @dataclasses.dataclass
