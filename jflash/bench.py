@@ -700,8 +700,9 @@ def main(argv=None) -> int:
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
   parser.add_argument("--impl", nargs="+", help=f"subset of {IMPLEMENTATIONS}")
   parser.add_argument("--quick", action="store_true",
-                      help="H=128, T in {1k, 4k}, 10 iterations, short sweeps")
-  parser.add_argument("--iterations", type=int, default=20)
+                      help="H=128, T in {1k, 4k}, a short memory sweep")
+  parser.add_argument("--iterations", type=int, default=20,
+                      help="timed runs per measurement (the median is reported)")
   parser.add_argument("--memory-seq-len", type=int, nargs="*",
                       default=[1024, 4096, 16384, 65536, 131072],
                       help="T for the B=1 memory sweep (none: skip it)")
@@ -718,6 +719,8 @@ def main(argv=None) -> int:
   parser.add_argument("--cpu-smoke", action="store_true",
                       help="test the plumbing on a CPU: tiny sizes, XLA paths, wall clock")
   args = parser.parse_args(argv)
+  if args.iterations < 1:
+    parser.error(f"--iterations must be >= 1, got {args.iterations}")
   if args.merge:
     return merge(args.merge, pathlib.Path(args.out or "bench-merged"))
 
@@ -728,7 +731,7 @@ def main(argv=None) -> int:
     return 2
   timer, iterations, workers = gpu_time_ms, args.iterations, args.compile_workers
   if args.quick:
-    args.head_dim, args.seq_len, iterations = [128], [1024, 4096], 10
+    args.head_dim, args.seq_len = [128], [1024, 4096]
     args.memory_seq_len = [1024, 16384]
   if args.cpu_smoke:
     timer, iterations = wall_time_ms, 2
