@@ -146,24 +146,28 @@ def default_config(head_dim: int, dtype, is_causal: bool,
   h = padded_head_dim(head_dim)
   wide = jnp.dtype(dtype).itemsize > 2
   s = 1 << 30 if kv_len is None else kv_len
+  # Each kernel's (block_q, block_kv, num_warps, num_stages), from the H200 sweeps.
   # Forward: on short rows (few key tiles per program), 64x64 tiles with 4 warps let two
   # programs share an SM and overlap one's prologue/epilogue with the other's loop; causal
   # rows are half as long on average and waste less of the diagonal tile with small
-  # tiles. Long rows stream best with 128x128 tiles.
+  # tiles. Long rows stream best with 128x128 tiles. The backward kernels' choices by
+  # length are measured, not derived (BUILD_NOTES.md, tuning step 7).
   if h <= 64:
     fwd = (64, 64, 4, 3) if s <= 2048 else (128, 128, 4, 3)
-    config = AttentionConfig(*fwd,
-                             block_q_dkv=32, block_kv_dkv=64, num_warps_dkv=4, num_stages_dkv=3,
-                             block_q_dq=64, block_kv_dq=64, num_warps_dq=4, num_stages_dq=2)
+    dkv = (32, 64, 4, 3) if s <= 512 else (64, 64, 4, 3)
+    dq = (64, 64, 4, 2)
   elif h <= 128:
     fwd = (64, 64, 4, 3) if s <= 512 or (is_causal and s <= 2048) else (128, 128, 8, 3)
-    config = AttentionConfig(*fwd,
-                             block_q_dkv=64, block_kv_dkv=64, num_warps_dkv=4, num_stages_dkv=2,
-                             block_q_dq=128, block_kv_dq=64, num_warps_dq=8, num_stages_dq=3)
+    dkv = (32, 64, 4, 3) if s > 8192 else (64, 64, 4, 2)
+    dq = (128, 32, 8, 3) if s <= 512 else (128, 64, 8, 3)
   else:
-    config = AttentionConfig(block_q=128, block_kv=64, num_warps=8, num_stages=2,
-                             block_q_dkv=64, block_kv_dkv=32, num_warps_dkv=4, num_stages_dkv=2,
-                             block_q_dq=128, block_kv_dq=64, num_warps_dq=8, num_stages_dq=1)
+    fwd = (128, 64, 8, 2)
+    dkv = (64, 32, 4, 2)
+    dq = (64, 32, 4, 3) if is_causal else (128, 64, 8, 1)
+  config = AttentionConfig(
+      *fwd, block_q_dkv=dkv[0], block_kv_dkv=dkv[1], num_warps_dkv=dkv[2],
+      num_stages_dkv=dkv[3], block_q_dq=dq[0], block_kv_dq=dq[1], num_warps_dq=dq[2],
+      num_stages_dq=dq[3])
   if wide:
     config = _halve(config)
   # Shrink until it fits the GPU's shared memory (e.g. consumer parts with 99 KiB).
