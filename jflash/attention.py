@@ -4,30 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import math
+import numbers
 
 import jax
-import jax.experimental.pallas.fuser  # noqa: F401  (see below)
-import jax.numpy as jnp
-
-from jflash import tuning
-
 # Importing the Pallas fuser registers a config value that is part of JAX's trace
 # context. Pallas interpret mode imports it lazily, inside the first trace of a user's
 # jitted function, so the second call saw a different context and retraced once.
 # Importing it here, before any trace, keeps "same shapes -> no retrace" true.
+import jax.experimental.pallas.fuser  # noqa: F401
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax._src.interpreters import ad as _ad
+from jax._src.interpreters import batching as _batching
+
+from jflash import backends, partitioning
 from jflash.masks import MaskSpec
 
-# implementation name -> module exposing forward(...) and backward(...).
-_BACKENDS = {
-    "triton": "jflash.kernels.triton",
-    "xla": "jflash.reference",
-}
-_PALLAS_BACKENDS = ("triton",)
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
-_MAX_HEAD_DIM = 256
-_MIN_COMPUTE_CAPABILITY = (8, 0)
+MAX_HEAD_DIM = 256
 
 
 def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, interpret=False,
@@ -37,9 +33,10 @@ def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, inte
   Computes ``softmax(scale * q @ k^T) @ v`` per batch and query head without ever
   holding the T x S score matrix in memory: the FlashAttention-2 algorithm (Dao 2023;
   Dao et al. 2022), with fp32 accumulation and softmax statistics for every input
-  dtype. Differentiable in q, k and v through a `jax.custom_vjp` whose backward pass
-  recomputes the probabilities from the saved log-sum-exp; deterministic (no atomics).
-  Works under `jit`, `grad`, `vmap` and `remat`.
+  dtype. Differentiable in q, k and v (reverse mode: `jax.grad`, `jax.vjp`,
+  `jax.jacrev`) through a `jax.custom_vjp` whose backward pass recomputes the
+  probabilities from the saved log-sum-exp; deterministic (no atomics). Works under
+  `jit`, `grad`, `vmap` and `remat`, and with sharded inputs (below).
 
   Shapes follow `jax.nn.dot_product_attention`:
 
@@ -50,33 +47,57 @@ def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, inte
     attention; K == 1 is multi-query attention). K/V are never repeated in memory.
   * Any T, S >= 1 and 1 <= H <= 256; T != S is allowed.
 
-  Causal masking is aligned top-left, as in jax.nn: query i sees keys j <= i. For
+  Causal masking is aligned top-left, as in jax.nn: query i sees keys j <= i, for
   T=3, S=5::
 
       x . . . .
       x x . . .
       x x x . .
 
-  Tiles above the diagonal are skipped; only tiles that straddle it are masked.
+  This is not the alignment a KV cache needs (the last query sees every key): with
+  T < S for decoding or chunked prefill, do not pass ``is_causal=True``. Tiles above
+  the diagonal are skipped; only tiles that straddle it are masked.
+
+  Which backend runs: a named `implementation` runs, or raises. With None, the first
+  backend that can run on the device the call runs on and supports the case: for
+  concrete input arrays, the device they live on; under `jit` (where inputs are
+  tracers and their placement is decided later), the platform XLA compiles for, via
+  `jax.lax.platform_dependent`: ``"triton"`` when it compiles for an NVIDIA GPU of
+  compute capability >= 8.0 (tiles tuned for the process's default GPU), ``"xla"`` on
+  any other platform (CPU, TPU, ROCm). A `config` picks the backend whose config type
+  it is.
+
+  Sharding: under `jit`, q, k, v sharded (`NamedSharding`) over the batch axis and/or
+  the head axis run per shard with no communication, forward and backward; heads shard
+  by key/value-head groups (the head axis's mesh size must divide K as well as N). A
+  sharded sequence axis (T or S), a sharded head dim, or a head sharding that does not
+  divide K is gathered before the call (a documented all-gather; jflash has no context
+  parallelism yet), and the outputs are sharded like q.
+
+  Limits: `scale` is static (a concrete number; a traced scale raises). Forward-mode
+  differentiation (`jax.jvp`, `jax.jacfwd`, `jax.linearize`) and second-order
+  derivatives (grad of grad, `jax.hessian`) are not supported and raise
+  NotImplementedError (under a `jit` inside `jax.jvp`, JAX raises its own "can't apply
+  forward-mode autodiff (jvp) to a custom_vjp function" when compiling).
 
   Args:
     q: queries, [B, T, N, H] or [T, N, H]; bfloat16, float16 or float32.
     k: keys, [B, S, K, H] or [S, K, H]; same dtype as q.
     v: values, same shape and dtype as k.
-    scale: multiplies q.k before the softmax; a positive finite Python float.
-      Defaults to 1 / sqrt(H).
+    scale: multiplies q.k before the softmax: a positive finite number known at trace
+      time (a Python or NumPy scalar, or a concrete size-1 array). Defaults to
+      1 / sqrt(H).
     is_causal: apply the causal mask above.
     implementation: ``"triton"`` (Pallas kernels lowered through Triton; NVIDIA GPUs of
       compute capability >= 8.0), ``"xla"`` (the same tiled algorithm in pure JAX; any
-      device, memory linear in T and S), or None to pick the best one for the device
-      the inputs live on (``"triton"`` on such a GPU, else ``"xla"``).
+      device, memory linear in T and S), or None to choose as described above.
     interpret: run the Pallas kernels in Pallas interpret mode (for CPU testing).
       With ``implementation=None`` this selects ``"triton"``.
     return_lse: also return the log-sum-exp of the scaled scores.
-    config: an optional :class:`jflash.AttentionConfig` of block sizes; by default
-      :func:`jflash.default_config` picks one for (H, dtype, causal, GPU, S) for the
-      Pallas kernels, and ``"xla"`` takes 512-position tiles
-      (``jflash.tuning.XLA_DEFAULT_CONFIG``).
+    config: the chosen backend's config: a :class:`jflash.TritonConfig` (also called
+      ``jflash.AttentionConfig``) for ``"triton"``, a :class:`jflash.XlaConfig` for
+      ``"xla"``; None takes the backend's default (``jflash.default_config`` for
+      Triton, tuned on an H200).
 
   Returns:
     out: [B, T, N, H] (or [T, N, H]) in q's dtype. A query that sees no key gives 0.
@@ -87,11 +108,11 @@ def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, inte
   Raises:
     ValueError: wrong ranks; batch, S or H mismatched between q, k, v; N % K != 0;
       T, S or H out of range; a dtype that is not bfloat16/float16/float32 or dtypes
-      that differ; a scale that is not a positive finite number; an unknown
-      implementation; a config that is not an AttentionConfig or does not fit the
-      GPU's shared memory for this head dim.
-    NotImplementedError: ``implementation="triton"`` on a device that cannot run it
-      (no NVIDIA GPU of compute capability >= 8.0) without ``interpret=True``.
+      that differ; a scale that is not a positive finite scalar or is traced; an unknown
+      implementation; ``interpret=True`` with a backend that has no interpret mode; a
+      config of the wrong type, or one that does not fit the GPU's shared memory.
+    NotImplementedError: the named implementation cannot serve the call on this device
+      (the message names one that can); forward-mode or second-order differentiation.
 
   Example::
 
@@ -100,34 +121,23 @@ def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, inte
     >>> jflash.attention(q, k, v, is_causal=True).shape
     (2, 128, 8, 64)
   """
-  q, k, v = (jnp.asarray(x) if not isinstance(x, jax.Array) else x for x in (q, k, v))
+  q, k, v = (x if isinstance(x, jax.Array) else jnp.asarray(x) for x in (q, k, v))
   unbatched = _check_shapes(q, k, v)
   if unbatched:
     q, k, v = q[None], k[None], v[None]
   dtype = _check_dtypes(q, k, v)
-  head_dim = q.shape[-1]
-  scale = _check_scale(scale, head_dim)
-  if not isinstance(is_causal, bool):
-    raise ValueError(f"is_causal must be a bool, got {is_causal!r}")
-  if not isinstance(interpret, bool):
-    raise ValueError(f"interpret must be a bool, got {interpret!r}")
-  if not isinstance(return_lse, bool):
-    raise ValueError(f"return_lse must be a bool, got {return_lse!r}")
-  backend, compute_capability = _choose_backend(implementation, interpret, q)
-  if config is None and backend not in _PALLAS_BACKENDS:
-    config = tuning.XLA_DEFAULT_CONFIG
-  elif config is None:
-    config = tuning.default_config(head_dim, dtype, is_causal,
-                                   compute_capability or tuning.INTERPRET_COMPUTE_CAPABILITY,
-                                   kv_len=k.shape[1])
-  elif not isinstance(config, tuning.AttentionConfig):
-    raise ValueError(f"config must be a jflash.AttentionConfig or None, got {config!r}")
-  if backend in _PALLAS_BACKENDS:
-    tuning.check_fits(config, head_dim, dtype,
-                      compute_capability or tuning.INTERPRET_COMPUTE_CAPABILITY)
-
-  static = _Static(backend=backend, scale=scale, spec=MaskSpec(q.shape[1], k.shape[1], is_causal),
-                   config=config, interpret=interpret)
+  b, t, n, h = q.shape
+  scale = _check_scale(scale, h)
+  for name, value in (("is_causal", is_causal), ("interpret", interpret),
+                      ("return_lse", return_lse)):
+    if not isinstance(value, bool):
+      raise ValueError(f"{name} must be a bool, got {value!r}")
+  if implementation is not None:
+    backends.get(implementation)  # ValueError for an unknown name
+  _refuse_forward_mode(q, k, v)
+  problem = backends.Problem(b, t, k.shape[1], n, k.shape[2], h, dtype, is_causal)
+  static = _Static(plans=_plans(implementation, interpret, config, problem, (q, k, v)),
+                   scale=scale, spec=problem.spec)
   out, lse = _attention(q, k, v, static)
   if unbatched:
     out, lse = out[0], lse[0]
@@ -136,44 +146,140 @@ def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, inte
 
 @dataclasses.dataclass(frozen=True)
 class _Static:
-  """Everything about a call that is not an array: hashable, so jit caches on it."""
+  """Everything about a call that is not an array: hashable, so jit caches on it.
 
-  backend: str
+  `plans` is ((platforms, plan), ...): the plan for each platform the call may be
+  compiled for, `platforms` None for "any other" (see `_plans`).
+  """
+
+  plans: tuple
   scale: float
   spec: MaskSpec
-  config: tuning.AttentionConfig
-  interpret: bool
 
   def kernels(self):
-    return importlib.import_module(_BACKENDS[self.backend])
+    return [(platforms, partitioning.Kernel(plan, self.scale, self.spec))
+            for platforms, plan in self.plans]
 
-  def options(self):
-    options = dict(scale=self.scale, spec=self.spec, config=self.config)
-    if self.backend in _PALLAS_BACKENDS:
-      options["interpret"] = self.interpret
-    return options
+
+def _plans(implementation, interpret, config, problem, arrays):
+  """The backend plan(s) of a call; more than one only for a traced call (see below)."""
+  if interpret:
+    return ((None, backends.plan(implementation, problem, None, interpret=True,
+                                 config=config)),)
+  device = _placement(arrays)
+  if device is not None or implementation is not None:
+    device = device or _default_device()
+    return ((None, backends.plan(implementation, problem, device, config=config)),)
+  # Traced inputs: where they will live is decided when XLA compiles. Plan for the
+  # default device, and, if that backend runs on some platforms only, let
+  # lax.platform_dependent pick a portable backend on every other platform.
+  first = backends.plan(None, problem, _default_device(), config=config)
+  platforms = backends.get(first.backend).platforms
+  if platforms is None or config is not None:
+    return ((None, first),)
+  portable = next(name for name in backends.PRIORITY if backends.get(name).platforms is None)
+  return ((platforms, first),
+          (None, backends.plan(portable, problem, jax.devices("cpu")[0])))
+
+
+def _placement(arrays) -> jax.Device | None:
+  """A device the concrete input arrays live on; None if any is traced."""
+  devices = set()
+  for x in arrays:
+    if isinstance(x, jax.core.Tracer):
+      return None
+    devices |= set(x.sharding.device_set)
+  return min(devices, key=lambda d: d.id)
+
+
+def _default_device() -> jax.Device:
+  device = jax.config.jax_default_device
+  return device if isinstance(device, jax.Device) else jax.devices()[0]
+
+
+def _run(kernels, fn, *args):
+  """`fn(kernel, *args)` with the kernel of the platform XLA compiles for."""
+  if len(kernels) == 1:
+    return fn(kernels[0][1], *args)
+  branches = {}
+  for platforms, kernel in kernels:
+    for platform in platforms or ("default",):
+      branches[platform] = functools.partial(fn, kernel)
+  return lax.platform_dependent(*args, **branches)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _flash(q, k, v, static: _Static):
-  return static.kernels().forward(q, k, v, **static.options())
+  return _forward(static, q, k, v)
 
 
-def _attention_fwd(q, k, v, static: _Static):
-  out, lse = static.kernels().forward(q, k, v, **static.options())
+def _flash_fwd(q, k, v, static: _Static):
+  out, lse = _forward(static, q, k, v)
   return (out, lse), (q, k, v, out, lse)
 
 
-def _attention_bwd(static: _Static, residuals, cotangents):
+def _flash_bwd(static: _Static, residuals, cotangents):
   q, k, v, out, lse = residuals
   d_out, d_lse = cotangents
   # d lse_i / d s_ij = p_ij, so an lse cotangent folds into delta: dS = P (dP - delta + dlse).
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - d_lse
-  return static.kernels().backward(q, k, v, lse, delta, d_out.astype(q.dtype), **static.options())
+  return _backward(static, q, k, v, lse, delta, d_out.astype(q.dtype))
 
 
-_flash.defvjp(_attention_fwd, _attention_bwd)
+_flash.defvjp(_flash_fwd, _flash_bwd)
 _attention = jax.jit(_flash, static_argnums=3)
+
+
+# The kernels have no derivative rules of their own. Differentiating the custom_vjp's
+# forward or backward again (grad of grad) reaches these rules, which say so clearly.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _forward(static: _Static, q, k, v):
+  return _run(static.kernels(), partitioning.forward, q, k, v)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _backward(static: _Static, q, k, v, lse, delta, do):
+  return _run(static.kernels(), partitioning.backward, q, k, v, lse, delta, do)
+
+
+def _no_second_order(static, primals, tangents):
+  del static, primals, tangents
+  raise NotImplementedError(
+      "jflash.attention has no second-order derivatives (grad of grad, jax.hessian): "
+      "its forward and backward passes are kernels with no derivative rules of their own. "
+      "Differentiate once (jax.grad, jax.vjp), or use jax.nn.dot_product_attention "
+      "where higher derivatives are needed.")
+
+
+_forward.defjvp(_no_second_order)
+_backward.defjvp(_no_second_order)
+
+
+def _refuse_forward_mode(*arrays):
+  """NotImplementedError if an input carries a forward-mode (JVP) tangent."""
+  if any(_has_forward_tangent(x) for x in arrays):
+    raise NotImplementedError(
+        "jflash.attention does not support forward-mode differentiation (jax.jvp, "
+        "jax.jacfwd, jax.linearize, and jax.hessian, which uses jax.jacfwd): its "
+        "derivative is a reverse-mode rule (jax.custom_vjp) over the FlashAttention "
+        "backward kernels. Use jax.grad, jax.vjp or jax.jacrev; for forward mode use "
+        "jax.nn.dot_product_attention.")
+
+
+def _has_forward_tangent(x) -> bool:
+  # JAX internals (pinned to jax 0.11.x): reverse mode traces with a LinearizeTracer
+  # whose trace has is_vjp=True; jax.jvp with a JVPTracer; jax.linearize with is_vjp=False.
+  while True:
+    if isinstance(x, _ad.JVPTracer):
+      return True
+    if isinstance(x, _ad.LinearizeTracer):
+      if not x._trace.is_vjp:  # pylint: disable=protected-access
+        return True
+      x = x.primal
+    elif isinstance(x, _batching.BatchTracer):
+      x = x.val
+    else:
+      return False
 
 
 def _check_shapes(q, k, v) -> bool:
@@ -191,8 +297,8 @@ def _check_shapes(q, k, v) -> bool:
   s, kv_heads, h_k = k.shape[-3:]
   if h != h_k:
     raise ValueError(f"q, k, v must have the same head dim H; got {shapes}")
-  if not 1 <= h <= _MAX_HEAD_DIM:
-    raise ValueError(f"head dim H={h} must be in [1, {_MAX_HEAD_DIM}]; got {shapes}")
+  if not 1 <= h <= MAX_HEAD_DIM:
+    raise ValueError(f"head dim H={h} must be in [1, {MAX_HEAD_DIM}]; got {shapes}")
   if t < 1 or s < 1:
     raise ValueError(f"sequence lengths T={t} and S={s} must be >= 1; got {shapes}")
   if kv_heads < 1 or n % kv_heads:
@@ -213,47 +319,25 @@ def _check_dtypes(q, k, v):
 
 
 def _check_scale(scale, head_dim: int) -> float:
+  """The scale as a Python float: a positive finite scalar known at trace time."""
   if scale is None:
     return 1.0 / math.sqrt(head_dim)
-  if isinstance(scale, (str, bytes, bool)):
+  if isinstance(scale, jax.core.Tracer):
+    raise ValueError(
+        f"scale must be known at trace time (jflash compiles it into the kernels), but it "
+        f"is a traced value {scale!r}; pass a Python float, or close over a concrete value "
+        f"instead of passing it through jit/vmap/grad")
+  if isinstance(scale, (bool, np.bool_)) or not isinstance(
+      scale, (numbers.Real, np.ndarray, np.generic, jax.Array)):
     raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-  try:
-    value = float(scale)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    raise ValueError(f"scale must be a Python float known at trace time, got {scale!r}") from None
+  if isinstance(scale, (np.ndarray, np.generic, jax.Array)):
+    if np.size(scale) != 1:
+      raise ValueError(f"scale must be a scalar, got an array of shape {np.shape(scale)}")
+    if not jnp.issubdtype(scale.dtype, jnp.floating) and not jnp.issubdtype(
+        scale.dtype, jnp.integer):
+      raise ValueError(f"scale must be a real number, got dtype {scale.dtype}")
+    scale = np.asarray(scale).reshape(())
+  value = float(scale)
   if not math.isfinite(value) or value <= 0:
-    raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    raise ValueError(f"scale must be a positive finite number, got {value!r}")
   return value
-
-
-def _choose_backend(implementation, interpret: bool, q):
-  """Returns (backend name, GPU compute capability or None)."""
-  if implementation is not None and implementation not in _BACKENDS:
-    raise ValueError(
-        f"implementation={implementation!r} is not one of {sorted(_BACKENDS)} or None")
-  if interpret and implementation not in (None, *_PALLAS_BACKENDS):
-    raise ValueError(
-        f"interpret=True runs Pallas kernels; implementation={implementation!r} has none "
-        f"(use one of {list(_PALLAS_BACKENDS)})")
-  device = _device_of(q)
-  capability = tuning.gpu_compute_capability(device)
-  gpu_ok = capability is not None and capability >= _MIN_COMPUTE_CAPABILITY
-  if interpret:
-    return "triton", None
-  if implementation is None:
-    return ("triton", capability) if gpu_ok else ("xla", None)
-  if implementation == "triton" and not gpu_ok:
-    raise NotImplementedError(
-        f"implementation='triton' needs an NVIDIA GPU of compute capability >= 8.0, but the "
-        f"inputs are on {device.device_kind!r} ({device.platform}); use implementation='xla', "
-        "or interpret=True to run the kernels in Pallas interpret mode")
-  return implementation, capability if implementation == "triton" else None
-
-
-def _device_of(x) -> jax.Device:
-  if isinstance(x, jax.core.Tracer) or not hasattr(x, "devices"):
-    return jax.devices()[0]
-  try:
-    return next(iter(x.devices()))
-  except Exception:  # e.g. an abstract array with no placement
-    return jax.devices()[0]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from conftest import ON_GPU
-from jflash import bench
+from jflash import bench, tuning
 
 
 def test_cpu_smoke_writes_rows_tables_and_plots(tmp_path, capsys):
@@ -74,3 +76,28 @@ def test_merge_joins_runs_into_one_report(tmp_path, capsys):
   assert len(results["meta"]["command"]) == 3
   assert (merged / "tflops_forward.png").stat().st_size > 0
   assert "H=32 T=64 full" in capsys.readouterr().out
+
+
+def test_python_dash_m_runs_the_cli():
+  result = subprocess.run([sys.executable, "-m", "jflash.bench", "--help"], capture_output=True,
+                          text=True, check=True)
+  assert "usage: python -m jflash.bench" in result.stdout
+  for flag in ("--cpu-smoke", "--merge", "--tune", "--memory-seq-len", "--compile-workers"):
+    assert flag in result.stdout
+
+
+def test_tune_candidates_are_valid_triton_configs():
+  """Every row of tuning's sweep tables (what --tune and --tune fwd time) is a config."""
+  for head_dim in (64, 128, 256):
+    candidates = tuning.sweep_candidates(head_dim)
+    assert len(candidates) == len(tuning.SWEEP[head_dim]["fwd"])
+    for fwd, dkv, dq in candidates:
+      config = tuning.sweep_config(fwd, dkv, dq)
+      assert (config.block_q, config.block_kv, config.num_warps, config.num_stages) == fwd
+      assert (config.block_q_dkv, config.block_kv_dkv, config.num_warps_dkv,
+              config.num_stages_dkv) == dkv
+      assert (config.block_q_dq, config.block_kv_dq, config.num_warps_dq,
+              config.num_stages_dq) == dq
+    for fwd in tuning.FORWARD_SWEEP[head_dim]:
+      assert isinstance(tuning.sweep_config(fwd), tuning.TritonConfig)
+  assert tuning.sweep_candidates(40) == tuning.sweep_candidates(64)  # by padded head dim

@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import pytest
 from jax._src.pallas.triton import gpu_info, pallas_call_registration
 
-from jflash.kernels.triton import backward, forward
+from jflash.kernels.triton.backward import backward
+from jflash.kernels.triton.forward import forward
 from jflash.masks import MaskSpec
-from jflash.tuning import default_config
+from jflash.kernels.triton.config import default_config
 
 
 @pytest.fixture

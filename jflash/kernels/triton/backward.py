@@ -28,7 +28,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from jflash.kernels.triton import common
 from jflash.masks import MaskSpec, fold_tiles
-from jflash.tuning import AttentionConfig, padded_head_dim
+from jflash.kernels.triton.config import TritonConfig, padded_head_dim
 
 
 def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *,
@@ -120,7 +120,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *, scale
   common.store(dq_ref, (dq * scale).astype(dq_ref.dtype), q_rows, cols)
 
 
-def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, config: AttentionConfig,
+def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, config: TritonConfig,
              interpret: bool = False):
   """Attention backward pass on the GPU (or Pallas interpret mode).
 

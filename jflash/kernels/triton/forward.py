@@ -21,7 +21,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from jflash.kernels.triton import common
 from jflash.masks import MaskSpec, fold_tiles
-from jflash.tuning import AttentionConfig, padded_head_dim
+from jflash.kernels.triton.config import TritonConfig, padded_head_dim
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale: float, spec: MaskSpec,
@@ -73,7 +73,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale: float, spec: 
   common.store(lse_ref, lse, None if q_rows is None else q_rows[:, 0])
 
 
-def forward(q, k, v, *, scale: float, spec: MaskSpec, config: AttentionConfig,
+def forward(q, k, v, *, scale: float, spec: MaskSpec, config: TritonConfig,
             interpret: bool = False):
   """Attention forward pass on the GPU (or Pallas interpret mode).
 

@@ -1,0 +1,145 @@
+"""Sharded inputs stay sharded: a partitioning rule and a batching rule for the kernels.
+
+A backend's forward and backward are opaque to XLA (a `pallas_call`, or loops it cannot
+see through), so without help XLA gathers sharded inputs onto every device before the
+call. Here each of them is wrapped in
+
+* `jax.experimental.custom_partitioning` with a Shardy sharding rule: under `jit`, q, k,
+  v sharded over the batch axis (data parallelism) and/or the head axis (tensor
+  parallelism) run per shard, with no communication in the forward or backward pass.
+  Heads shard by key/value-head groups: a mesh axis of size D over N query heads must
+  also divide the K key/value heads (each shard then holds N/D query heads and the K/D
+  key/value heads they read). Otherwise, and for a batch that the axis does not divide,
+  that axis is gathered. The sequence axes (T, S) and the head dim H are always gathered
+  before the call (a documented all-gather, not context parallelism: each device then
+  computes its batch/head shard over the whole sequence) and the outputs are resharded
+  like q.
+* `jax.custom_batching.custom_vmap`: `vmap` folds the mapped axis into the batch axis
+  (custom_partitioning has no batching rule of its own).
+
+On one device both are plain calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+from jax import custom_batching
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jflash.backends import Plan
+from jflash.masks import MaskSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+  """A backend plan with the call's static arguments (hashable: a static argument)."""
+
+  plan: Plan
+  scale: float
+  spec: MaskSpec
+
+
+def forward(kernel: Kernel, q, k, v):
+  """(out, lse) of `kernel` on q [B, T, N, H], k, v [B, S, K, H], partitioned and batched."""
+  return _vmappable(functools.partial(_forward_op, kernel))(q, k, v)
+
+
+def backward(kernel: Kernel, q, k, v, lse, delta, do):
+  """(dq, dk, dv) of `kernel`, partitioned and batched like :func:`forward`."""
+  return _vmappable(functools.partial(_backward_op, kernel))(q, k, v, lse, delta, do)
+
+
+def _forward_impl(kernel: Kernel, q, k, v):
+  return kernel.plan.forward(q, k, v, scale=kernel.scale, spec=kernel.spec)
+
+
+def _backward_impl(kernel: Kernel, q, k, v, lse, delta, do):
+  return kernel.plan.backward(q, k, v, lse, delta, do, scale=kernel.scale, spec=kernel.spec)
+
+
+def _shardings(mesh, q_info, k_info):
+  """(rows, kv, stats) shardings the call runs with, derived from q's sharding.
+
+  rows: q, out, do, dq [B, T, N, H]; kv: k, v, dk, dv [B, S, K, H]; stats: lse, delta
+  [B, T, N]. Only the batch and head axes stay sharded (see the module docstring).
+  """
+  sharding = q_info.sharding
+  batch = heads = None
+  if isinstance(sharding, NamedSharding):
+    spec = tuple(sharding.spec) + (None,) * 4
+    batch, heads = spec[0], spec[2]
+  if batch is not None and q_info.shape[0] % _size(mesh, batch):
+    batch = None
+  if heads is not None and k_info.shape[2] % _size(mesh, heads):
+    heads = None  # K/V heads cannot follow: shard by KV-head groups only
+  rows = NamedSharding(mesh, PartitionSpec(batch, None, heads, None))
+  stats = NamedSharding(mesh, PartitionSpec(batch, None, heads))
+  return rows, rows, stats  # k, v shard their K axis like q's N axis
+
+
+def _size(mesh, axes) -> int:
+  axes = axes if isinstance(axes, tuple) else (axes,)
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def _forward_partition(kernel, mesh, arg_shapes, result_shape):
+  del result_shape
+  rows, kv, stats = _shardings(mesh, arg_shapes[0], arg_shapes[1])
+  return (mesh, functools.partial(_forward_impl, kernel), (rows, stats), (rows, kv, kv))
+
+
+def _forward_infer(kernel, mesh, arg_shapes, result_shape):
+  del kernel, result_shape
+  rows, _, stats = _shardings(mesh, arg_shapes[0], arg_shapes[1])
+  return rows, stats
+
+
+def _backward_partition(kernel, mesh, arg_shapes, result_shape):
+  del result_shape
+  rows, kv, stats = _shardings(mesh, arg_shapes[0], arg_shapes[1])
+  return (mesh, functools.partial(_backward_impl, kernel), (rows, kv, kv),
+          (rows, kv, kv, stats, stats, rows))
+
+
+def _backward_infer(kernel, mesh, arg_shapes, result_shape):
+  del kernel, result_shape
+  rows, kv, _ = _shardings(mesh, arg_shapes[0], arg_shapes[1])
+  return rows, kv, kv
+
+
+# Factors: b batch, t queries, n query heads, h head dim, s keys, k key/value heads. The
+# sequence axes and the head dim need replication; need_replication lists factors in
+# order of first appearance, as Shardy requires.
+_forward_op = custom_partitioning(_forward_impl, static_argnums=(0,))
+_forward_op.def_partition(
+    partition=_forward_partition, infer_sharding_from_operands=_forward_infer,
+    sharding_rule="b t n h, b s k h, b s k h -> b t n h, b t n",
+    need_replication_factors=("t", "h", "s"))
+_backward_op = custom_partitioning(_backward_impl, static_argnums=(0,))
+_backward_op.def_partition(
+    partition=_backward_partition, infer_sharding_from_operands=_backward_infer,
+    sharding_rule="b t n h, b s k h, b s k h, b t n, b t n, b t n h -> b t n h, b s k h, b s k h",
+    need_replication_factors=("t", "h", "s"))
+
+
+def _vmappable(op):
+  """`op` on arrays whose axis 0 is the batch, with a vmap rule that folds into it."""
+
+  @custom_batching.custom_vmap
+  def call(*args):
+    return op(*args)
+
+  @call.def_vmap
+  def _rule(axis_size, in_batched, *args):
+    args = [x if batched else jax.numpy.broadcast_to(x, (axis_size, *x.shape))
+            for x, batched in zip(args, in_batched)]
+    outs = call(*(x.reshape(axis_size * x.shape[1], *x.shape[2:]) for x in args))
+    outs = tuple(o.reshape(axis_size, o.shape[0] // axis_size, *o.shape[1:]) for o in outs)
+    return outs, (True,) * len(outs)
+
+  return call

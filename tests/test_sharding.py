@@ -1,0 +1,132 @@
+"""Sharded inputs stay sharded: batch- and head-sharded calls run per shard.
+
+On CPU the tests use 4 host devices (conftest sets
+``XLA_FLAGS=--xla_force_host_platform_device_count=4``); on a machine with enough GPUs for
+a case's mesh they use the GPUs (the Triton kernels natively), else the host devices. Each case
+compares the sharded call with the unsharded one (forward and gradients) and reads the
+compiled HLO for collectives.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import jflash
+from conftest import IMPLEMENTATIONS, ON_GPU, interpret_for, random_inputs
+
+COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "all-reduce",
+               "reduce-scatter")
+
+
+def _devices(count: int):
+  """`count` GPUs if this machine has them, else `count` CPU host devices."""
+  gpus = jax.devices() if ON_GPU else []
+  devices = gpus if len(gpus) >= count else jax.devices("cpu")
+  if len(devices) < count:
+    pytest.fail(f"need {count} devices, have {devices}: conftest should provide 4 host devices")
+  return devices[:count]
+
+
+def _mesh(shape, names):
+  return Mesh(np.array(_devices(int(np.prod(shape)))).reshape(shape), names)
+
+
+def _implementation_on(mesh, implementation):
+  """The implementation and interpret flag that run on this mesh's devices."""
+  native_gpu = mesh.devices.flat[0].platform == "gpu"
+  return implementation, implementation == "triton" and not native_gpu
+
+
+def _loss_and_grads(implementation, interpret, is_causal):
+  def loss(q, k, v, do):
+    out = jflash.attention(q, k, v, is_causal=is_causal, implementation=implementation,
+                           interpret=interpret)
+    return jnp.sum(out.astype(jnp.float32) * do.astype(jnp.float32))
+
+  def fwd(q, k, v):
+    return jflash.attention(q, k, v, is_causal=is_causal, implementation=implementation,
+                            interpret=interpret, return_lse=True)
+
+  return jax.jit(fwd), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def _collectives(compiled_text: str) -> list[str]:
+  return [c for c in COLLECTIVES if c in compiled_text]
+
+
+# (mesh shape, axis names, q spec, kv spec, B, N, K): batch over one axis, heads over
+# one axis (GQA with K divisible by the axis), both at once on a 2x2 mesh.
+CASES = {
+    "batch": ((2,), ("data",), P("data"), P("data"), 4, 4, 2),
+    "heads": ((2,), ("model",), P(None, None, "model"), P(None, None, "model"), 1, 4, 4),
+    "heads-gqa": ((2,), ("model",), P(None, None, "model"), P(None, None, "model"), 2, 8, 2),
+    "batch-and-heads": ((2, 2), ("data", "model"), P("data", None, "model"),
+                        P("data", None, "model"), 2, 4, 2),
+}
+
+
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_sharded_call_runs_per_shard(case, implementation, is_causal):
+  shape, names, q_spec, kv_spec, b, n, kv_heads = CASES[case]
+  mesh = _mesh(shape, names)
+  impl, interpret = _implementation_on(mesh, implementation)
+  q, k, v, do = random_inputs(20, b, 40, 40, n, kv_heads, 32, jnp.float32)
+  fwd, grads = _loss_and_grads(impl, interpret, is_causal)
+  expected = fwd(q, k, v), grads(q, k, v, do)
+
+  put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
+  args = put(q, q_spec), put(k, kv_spec), put(v, kv_spec)
+  sharded_do = put(do, q_spec)
+  fwd_compiled = fwd.lower(*args).compile()
+  grads_compiled = grads.lower(*args, sharded_do).compile()
+  (out, lse), (dq, dk, dv) = fwd_compiled(*args), grads_compiled(*args, sharded_do)
+  chex.assert_trees_all_close((out, lse), expected[0], atol=1e-6, rtol=1e-6)
+  chex.assert_trees_all_close((dq, dk, dv), expected[1], atol=1e-5, rtol=1e-5)
+  # The outputs keep the inputs' sharding.
+  assert out.sharding.is_equivalent_to(NamedSharding(mesh, q_spec), out.ndim), out.sharding
+  assert dq.sharding.is_equivalent_to(NamedSharding(mesh, q_spec), dq.ndim), dq.sharding
+  assert dk.sharding.is_equivalent_to(NamedSharding(mesh, kv_spec), dk.ndim), dk.sharding
+  # No communication, forward or backward.
+  for compiled in (fwd_compiled, grads_compiled):
+    assert _collectives(compiled.as_text()) == [], (case, _collectives(compiled.as_text()))
+
+
+def test_sequence_sharded_input_is_gathered():
+  """A sharded T/S axis is gathered (documented): right results, an all-gather in the HLO."""
+  mesh = _mesh((2,), ("seq",))
+  impl, interpret = _implementation_on(mesh, "xla")
+  q, k, v, do = random_inputs(21, 1, 64, 64, 2, 2, 16, jnp.float32)
+  fwd, grads = _loss_and_grads(impl, interpret, True)
+  spec = P(None, "seq")
+  args = [jax.device_put(x, NamedSharding(mesh, spec)) for x in (q, k, v)]
+  chex.assert_trees_all_close(fwd(*args), fwd(q, k, v), atol=1e-6)
+  chex.assert_trees_all_close(grads(*args, do), grads(q, k, v, do), atol=1e-5)
+  assert "all-gather" in fwd.lower(*args).compile().as_text()
+
+
+def test_heads_that_do_not_divide_kv_heads_are_gathered():
+  """N sharded 2 ways with K = 1 (MQA): K cannot follow, so the heads are gathered."""
+  mesh = _mesh((2,), ("model",))
+  impl, interpret = _implementation_on(mesh, "xla")
+  q, k, v, do = random_inputs(22, 1, 24, 24, 4, 1, 16, jnp.float32)
+  fwd, grads = _loss_and_grads(impl, interpret, False)
+  args = (jax.device_put(q, NamedSharding(mesh, P(None, None, "model"))), k, v)
+  chex.assert_trees_all_close(fwd(*args), fwd(q, k, v), atol=1e-6)
+  chex.assert_trees_all_close(grads(*args, do), grads(q, k, v, do), atol=1e-5)
+  assert "all-gather" in fwd.lower(*args).compile().as_text()
+
+
+def test_vmap_over_a_sharded_batch():
+  mesh = _mesh((2,), ("data",))
+  q, k, v, _ = random_inputs(23, 4, 16, 16, 2, 2, 16, jnp.float32)
+  f = jax.jit(jax.vmap(lambda q, k, v: jflash.attention(q, k, v, implementation="xla")))
+  args = [jax.device_put(x, NamedSharding(mesh, P("data"))) for x in (q, k, v)]
+  chex.assert_trees_all_close(f(*args), f(q, k, v), atol=1e-6)
+  assert _collectives(f.lower(*args).compile().as_text()) == []
