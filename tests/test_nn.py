@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import functools
+import inspect
 import sys
 
 import chex
@@ -190,6 +191,141 @@ def test_layer_argument_errors():
     layer(jnp.ones((1, 4, 16)))
   with pytest.raises(ValueError, match="positions are only used with rope_theta"):
     layer(jnp.ones((1, 4, 32)), positions=jnp.arange(4))
+
+
+def _normal(seed, shape):
+  """Test inputs from numpy (no jax.random compile per shape)."""
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+_KV_CACHE = "decoding over a KV cache is not supported"
+
+
+def test_nnx_decode_paths_raise_not_implemented():
+  # Regression: init_cache() used to succeed, and one token per call then ignored the cache.
+  with pytest.raises(NotImplementedError, match=f"decode=True.*{_KV_CACHE}"):
+    jflash.nn.FlashSelfAttention(num_heads=4, in_features=32, decode=True, rngs=nnx.Rngs(0))
+  layer = jflash.nn.FlashSelfAttention(num_heads=4, in_features=32, decode=False,
+                                       implementation=IMPLEMENTATION, rngs=nnx.Rngs(0))
+  x = _normal(8, (1, 4, 32))
+  with pytest.raises(NotImplementedError, match=f"init_cache.*{_KV_CACHE}"):
+    layer.init_cache(x.shape)
+  with pytest.raises(NotImplementedError, match=f"decode=True.*{_KV_CACHE}"):
+    layer(x[:, :1], decode=True)
+  with pytest.raises(NotImplementedError, match=f"decode=True.*{_KV_CACHE}"):
+    nnx.view(layer, decode=True)
+  layer.decode = True  # The parent's call reads the attribute when the call passes no decode.
+  with pytest.raises(NotImplementedError, match=f"decode=True.*{_KV_CACHE}"):
+    layer(x[:, :1])
+  # As in the parent, the call's decode=False takes precedence; nnx.view(decode=False) works.
+  chex.assert_shape(layer(x, decode=False), x.shape)
+  assert nnx.view(layer, decode=False).decode is False
+
+
+def _parameters(fn):
+  return list(inspect.signature(fn).parameters.values())
+
+
+@pytest.mark.parametrize("method, extras", [
+    ("__init__", {"rope_theta", "implementation", "config"}),
+    ("__call__", {"positions"}),
+])
+def test_nnx_takes_every_argument_of_multi_head_attention(method, extras):
+  parent = _parameters(getattr(nnx.MultiHeadAttention, method))
+  ours = _parameters(getattr(jflash.nn.FlashSelfAttention, method))
+  positional = lambda params: [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+  assert positional(ours) == positional(parent)
+  by_name = {p.name: p for p in ours}
+  for p in parent:
+    assert p.name in by_name, p.name
+    assert by_name[p.name].kind == p.kind, p.name
+    if p.name != "attention_fn":  # Ours defaults to jflash's (None), the parent's to Flax's.
+      assert by_name[p.name].default == p.default, p.name
+  assert by_name.keys() - {p.name for p in parent} == extras
+  assert all(by_name[name].kind is inspect.Parameter.KEYWORD_ONLY for name in extras)
+
+
+def test_nnx_cross_attention_and_accepted_arguments_match_multi_head_attention():
+  kwargs = dict(num_heads=4, in_features=32, qkv_features=32, out_features=24, num_kv_heads=2,
+                in_kv_features=8, dropout_rate=0.1, deterministic=True, broadcast_dropout=False,
+                normalize_qk=True, keep_rngs=True, kernel_metadata={"tag": "qkv"},
+                out_kernel_metadata={"tag": "out"}, query_ln_scale_metadata={"tag": "ln"})
+  mha = nnx.MultiHeadAttention(**kwargs, decode=False, rngs=nnx.Rngs(0))
+  ours = jflash.nn.FlashSelfAttention(**kwargs, implementation=IMPLEMENTATION, rngs=nnx.Rngs(0))
+  # Same state (parameters and the kept dropout rngs) and the same variable metadata.
+  chex.assert_trees_all_equal(nnx.state(ours), nnx.state(mha))
+  for name in ("query", "out"):
+    assert (getattr(ours, name).kernel.get_metadata()
+            == getattr(mha, name).kernel.get_metadata())
+  assert ours.query_ln.scale.get_metadata() == mha.query_ln.scale.get_metadata()
+
+  oracle = nnx.MultiHeadAttention(**kwargs, decode=False, attention_fn=_oracle_attention_fn,
+                                  rngs=nnx.Rngs(0))
+  xq, xk, xv = _normal(9, (2, 13, 32)), _normal(10, (2, 9, 8)), _normal(11, (2, 9, 8))
+  for is_causal in (False, True):  # T > S: top-left causal masking, as in the parent.
+    call = lambda model: model(xq, xk, xv, mask=None, deterministic=True, rngs=nnx.Rngs(1),
+                               sow_weights=False, decode=False, is_causal=is_causal,
+                               out_sharding=None, qkv_sharding=None)
+    expected, got, reference = call(oracle), call(ours), call(mha)
+    chex.assert_equal_shape((got, reference))
+    assert_within_criterion("out", max_err(got, expected), max_err(reference, expected))
+  # The constructor's deterministic=True holds when the call gives none, as in the parent.
+  chex.assert_trees_all_equal(ours(xq, xk, xv, is_causal=True), got)
+
+
+def test_nnx_refuses_what_it_cannot_honour_naming_the_argument():
+  layer = jflash.nn.FlashSelfAttention(num_heads=4, in_features=32, dropout_rate=0.1,
+                                       implementation=IMPLEMENTATION, rngs=nnx.Rngs(0))
+  x = _normal(12, (1, 4, 32))
+  with pytest.raises(NotImplementedError, match="mask.*pass is_causal=True"):
+    layer(x, mask=jnp.ones((1, 4, 4, 4), bool), deterministic=True)
+  with pytest.raises(NotImplementedError, match="sow_weights"):
+    layer(x, sow_weights=True, deterministic=True)
+  with pytest.raises(NotImplementedError, match="dropout_rate=0.1"):
+    layer(x, deterministic=False, rngs=nnx.Rngs(1))
+  with pytest.raises(NotImplementedError, match="dropout_rate=0.1"):
+    nnx.view(layer, deterministic=False)(x)
+  with pytest.raises(NotImplementedError, match="input_positions"):
+    layer(x, deterministic=True, input_positions=jnp.arange(4))
+  # Causal with fewer queries than keys: top-left alignment would be wrong for a KV cache.
+  with pytest.raises(NotImplementedError, match="is_causal"):
+    layer(x[:, :1], x, is_causal=True, deterministic=True)
+  # dropout_rate > 0 and `deterministic` given nowhere: ValueError, as in the parent.
+  mha = nnx.MultiHeadAttention(num_heads=4, in_features=32, dropout_rate=0.1, decode=False,
+                               rngs=nnx.Rngs(0))
+  for model in (mha, layer):
+    with pytest.raises(ValueError, match="deterministic"):
+      model(x)
+
+  rope = jflash.nn.FlashSelfAttention(num_heads=4, in_features=32, rope_theta=100.0,
+                                      implementation=IMPLEMENTATION, rngs=nnx.Rngs(0))
+  with pytest.raises(NotImplementedError, match="rope_theta.*cross-attention"):
+    rope(x, x + 1.0)
+  # Keys from the queries' own array are self-attention: RoPE applies as without inputs_k.
+  chex.assert_trees_all_equal(rope(x, x), rope(x))
+
+
+def test_attention_fn_says_kv_cache_decoding_is_unsupported():
+  # Regression: under decode=True it blamed a mask the user never passed ('cannot be tiled').
+  fn = functools.partial(jflash.nn.attention_fn, implementation=IMPLEMENTATION)
+  mha = nnx.MultiHeadAttention(num_heads=4, in_features=32, decode=True, attention_fn=fn,
+                               rngs=nnx.Rngs(0))
+  mha.init_cache((1, 4, 32))
+  token = jnp.ones((1, 1, 32))
+  for is_causal in (False, True):  # Flax drops is_causal in decode and passes its cache mask.
+    with pytest.raises(NotImplementedError, match=_KV_CACHE):
+      mha(token, is_causal=is_causal)
+  lin = linen.MultiHeadDotProductAttention(num_heads=4, decode=True, attention_fn=fn)
+  variables = lin.init(jax.random.PRNGKey(0), jnp.ones((1, 4, 32)))
+  with pytest.raises(NotImplementedError, match=_KV_CACHE):
+    lin.apply(variables, token, mutable=["cache"])
+  # A KV cache without a mask: top-left causal masking would compute the wrong thing.
+  q, k = jnp.ones((1, 1, 4, 8)), jnp.ones((1, 4, 4, 8))
+  with pytest.raises(NotImplementedError, match=f"is_causal.*top-left.*{_KV_CACHE}"):
+    jflash.nn.attention_fn(q, k, k, is_causal=True)
+  # Any other dense mask: an honest message, and the way to causal masking.
+  with pytest.raises(NotImplementedError, match="mask: a dense.*not supported yet.*is_causal=True"):
+    jflash.nn.attention_fn(k, k, k, mask=jnp.ones((1, 4, 4, 4), bool))
 
 
 @pytest.mark.parametrize("module", [jflash.nn, jflash.nn.linen, sys.modules["jflash.attention"]],

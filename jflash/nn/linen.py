@@ -24,6 +24,14 @@ __all__ = ["FlashSelfAttention", "attention_fn"]
 class FlashSelfAttention(nn.Module):
   """Multi-head self-attention on :func:`jflash.attention`, for Flax linen.
 
+  Not a subclass of ``linen.MultiHeadDotProductAttention``: it has its parameters but
+  only these fields and call arguments. It has no `decode` (decoding over a KV cache is
+  not supported by jflash yet: no ``cache`` collection is read or written, and every call
+  attends over its whole input), no `mask` (pass `is_causal` for causal masking) and no
+  dropout. For those, run the same params in ``linen.MultiHeadDotProductAttention`` with
+  its default `attention_fn`; :func:`jflash.nn.attention_fn` in that module raises
+  ``NotImplementedError`` under ``decode=True``.
+
   Attributes:
     num_heads: N, query heads.
     dtype: computation dtype (default: inferred from inputs and params).
