@@ -193,8 +193,11 @@ def _placement(arrays) -> jax.Device | None:
 
 
 def _default_device() -> jax.Device:
+  """JAX's default device (`jax.default_device` if set, a device or a platform name)."""
   device = jax.config.jax_default_device
-  return device if isinstance(device, jax.Device) else jax.devices()[0]
+  if isinstance(device, jax.Device):
+    return device
+  return jax.devices(device)[0] if isinstance(device, str) else jax.devices()[0]
 
 
 def _run(kernels, fn, *args):
