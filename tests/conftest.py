@@ -7,7 +7,14 @@ skipped, with that reason, on machines without one.
 
 from __future__ import annotations
 
+import functools
 import os
+
+# Four host (CPU) devices for the sharding tests; set before JAX initialises. On a GPU
+# machine this only adds CPU devices: GPU tests still run on the default GPU.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=4").strip()
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +62,10 @@ def max_err(x, ref) -> float:
   return float(jnp.max(jnp.abs(x.astype(jnp.float32) - ref.astype(jnp.float32))))
 
 
+# Jitted: eagerly, each of the oracle's ops is compiled on its own for every new shape,
+# which made it 4-6x slower. (jax_nn_with_grads stays eager: jax.nn picks its fp16 dot
+# precision by trying it, which only falls back on CPU when the op runs eagerly.)
+@functools.partial(jax.jit, static_argnames=("scale", "is_causal"))
 def oracle_with_grads(q, k, v, do, *, scale, is_causal):
   """fp32 dense oracle: (out, lse, (dq, dk, dv)) for the cotangent `do`."""
   f32 = [x.astype(jnp.float32) for x in (q, k, v)]

@@ -67,7 +67,7 @@ def test_bad_scale_raises(scale):
 
 def test_traced_scale_raises():
   q, k, v = _arrays((1, 4, 2, 8), (1, 4, 2, 8))
-  with pytest.raises(ValueError, match="scale must be a Python float"):
+  with pytest.raises(ValueError, match="scale must be known at trace time.*traced"):
     jax.jit(lambda s: jflash.attention(q, k, v, scale=s))(0.5)
 
 
@@ -79,7 +79,7 @@ def test_bad_flags_raise():
     jflash.attention(q, k, v, is_causal="yes")
   with pytest.raises(ValueError, match="interpret=True runs Pallas kernels"):
     jflash.attention(q, k, v, implementation="xla", interpret=True)
-  with pytest.raises(ValueError, match="config must be a jflash.AttentionConfig"):
+  with pytest.raises(ValueError, match="config must be a jflash.TritonConfig.*or a jflash.XlaConfig"):
     jflash.attention(q, k, v, config={"block_q": 64})
 
 
@@ -106,15 +106,8 @@ def test_config_that_does_not_fit_raises():
     jflash.attention(q, k, v, config=huge, implementation="triton", interpret=True)
 
 
-@pytest.mark.parametrize("dtype", [BF16, jnp.float16, F32])
-@pytest.mark.parametrize("head_dim", [1, 32, 64, 80, 128, 200, 256])
-@pytest.mark.parametrize("capability", [(8, 0), (8, 6), (9, 0)])
-def test_default_config_fits(head_dim, dtype, capability):
-  for is_causal in (False, True):
-    for kv_len in (None, 1, 512, 2048, 4096, 1 << 20):
-      config = jflash.default_config(head_dim, jnp.dtype(dtype), is_causal, capability,
-                                     kv_len=kv_len)
-      jflash.tuning.check_fits(config, head_dim, dtype, capability)
+# Whether every default config really fits is tested by compiling them natively:
+# tests/test_gpu.py::test_every_default_config_compiles_and_runs.
 
 
 def test_config_is_hashable_and_frozen():
@@ -174,14 +167,36 @@ def test_no_retrace_on_second_call(implementation):
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_bitwise_deterministic(implementation):
+  """Same inputs, same bits: rerun, separately compiled programs, and after other work.
+
+  The backward pass has no atomics (DESIGN.md), so nothing may depend on scheduling:
+  an immediate rerun of one compiled function, two functions jitted separately (two
+  wrapper lambdas, so two compilations, not a cache hit), and a rerun after unrelated
+  device work (other shapes through the same kernels, a matmul) must all agree bit for bit.
+  """
   q, k, v, do = random_inputs(10, 2, 70, 90, 4, 2, 32, BF16)
 
-  def run():
+  def run(q, k, v, do):
     out, vjp = jax.vjp(lambda *a: _call(implementation, *a, is_causal=True), q, k, v)
     return out, vjp(do)
 
-  first, second = run(), run()
+  first, second = run(q, k, v, do), run(q, k, v, do)
   chex.assert_trees_all_equal(first, second)
+
+  jit_a = jax.jit(lambda *a: run(*a))
+  jit_b = jax.jit(lambda *a: run(*a))
+  a1 = jit_a(q, k, v, do)
+  b1 = jit_b(q, k, v, do)
+  chex.assert_trees_all_equal(a1, b1)
+
+  # Unrelated work on the device in between: other shapes (and tiles) through the same
+  # backend, and a large matmul that evicts caches and reuses the freed buffers.
+  other = random_inputs(11, 1, 130, 40, 2, 1, 64, BF16)
+  jax.block_until_ready(run(*other))
+  x = jax.random.normal(jax.random.PRNGKey(12), (1024, 1024))
+  jax.block_until_ready(x @ x)
+  chex.assert_trees_all_equal(jit_a(q, k, v, do), a1)
+  chex.assert_trees_all_equal(run(q, k, v, do), first)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -226,7 +241,19 @@ def _temp_bytes(implementation, t, with_grad):
 
 @pytest.mark.parametrize("with_grad", [False, True], ids=["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_memory_is_linear_in_sequence_length(implementation, with_grad):
+def test_xla_temp_buffers_are_linear_in_sequence_length(implementation, with_grad):
+  """XLA's compiled temporary buffers grow linearly in T: no T x S array in HBM.
+
+  What this measures: `temp_size_in_bytes` of the compiled program is every HBM buffer
+  XLA allocates beyond the inputs and outputs: intermediates between the kernels
+  (lse, delta, transposed statistics), and for `"xla"` every array of its loops. A
+  Pallas Triton kernel allocates no HBM of its own (its scratch is registers and shared
+  memory), so for `"triton"` nothing inside a kernel is missed: a T x S score matrix
+  could only reach HBM as a buffer XLA sees here. On CPU the Triton kernels run in
+  interpret mode, whose buffers are the interpreter's, not the GPU kernel's; the
+  device's real use is measured on a GPU by tests/test_gpu.py
+  (test_device_memory_is_linear_in_sequence_length).
+  """
   lengths = (1024, 2048, 4096)
   temp = [_temp_bytes(implementation, t, with_grad) for t in lengths]
   # The fp32 T x T scores of all N=4 heads would be 4 * N * T^2 bytes (256 MiB at 4k).

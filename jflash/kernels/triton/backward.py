@@ -35,7 +35,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
                 scale: float, spec: MaskSpec, block_q: int, block_kv: int, head_dim: int,
                 groups: int):
   # q_ref, do_ref: [T, G, Hp]; k_ref, v_ref, dk_ref, dv_ref: [block_kv, Hp];
-  # lse_ref (base 2), delta_ref: [G, T]
+  # lse_ref (common.lse_operand), delta_ref: [G, T]
   kv_start = pl.program_id(0) * block_kv
   h_pad = k_ref.shape[-1]
   cols = common.head_mask(head_dim, h_pad)
@@ -43,7 +43,6 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
   kv_rows = (kv_pos < spec.kv_len)[:, None] if spec.kv_len % block_kv else None
   q_ragged = spec.q_len % block_q != 0
   precision = common.dot_precision(k_ref.dtype)
-  c = scale * common.LOG2E
   k = common.load(k_ref, kv_rows, cols)
   v = common.load(v_ref, kv_rows, cols)
   tiles = spec.q_tiles(kv_start, block_kv, block_q)
@@ -62,7 +61,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
       lse = common.load(lse_ref.at[g, q_slice], in_range, other=jnp.inf)
       delta = common.load(delta_ref.at[g, q_slice], in_range)
       s_t = plgpu.dot(k, q, trans_b=True, precision=precision)  # [block_kv, block_q]
-      p_t = jnp.exp2(s_t * c - lse[None, :])
+      p_t = common.probabilities(s_t, lse[None, :], scale, q_ref.dtype)
       if masked:
         p_t = jnp.where(spec.visible(q_pos[None, :], kv_pos[:, None]), p_t, 0.0)
       dv = dv + plgpu.dot(p_t.astype(do.dtype), do, precision=precision)
@@ -94,7 +93,6 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *, scale
   q_rows = None if in_range is None else in_range[:, None]
   kv_ragged = spec.kv_len % block_kv != 0
   precision = common.dot_precision(q_ref.dtype)
-  c = scale * common.LOG2E
   q = common.load(q_ref, q_rows, cols)
   do = common.load(do_ref, q_rows, cols)
   lse = common.load(lse_ref, in_range, other=jnp.inf)
@@ -108,7 +106,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *, scale
     k = common.load(k_ref.at[kv_slice, :], kv_rows, cols)
     v = common.load(v_ref.at[kv_slice, :], kv_rows, cols)
     s = plgpu.dot(q, k, trans_b=True, precision=precision)  # [block_q, block_kv]
-    p = jnp.exp2(s * c - lse[:, None])
+    p = common.probabilities(s, lse[:, None], scale, q_ref.dtype)
     if masked:
       p = jnp.where(spec.visible(q_pos[:, None], kv_pos[None, :]), p, 0.0)
     dp = plgpu.dot(do, v, trans_b=True, precision=precision)
@@ -139,8 +137,9 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, config: T
   s_len, kv_heads = k.shape[1], k.shape[2]
   groups = n // kv_heads
   h_pad = padded_head_dim(h)
-  # Row statistics as [B, N, T]: each tile reads them contiguously. lse in base 2.
-  lse2 = jnp.swapaxes(lse * common.LOG2E, 1, 2)
+  # Row statistics as [B, N, T]: each tile reads them contiguously. lse in base 2 for
+  # 16-bit inputs (see common.probabilities).
+  lse2 = jnp.swapaxes(common.lse_operand(lse, q.dtype), 1, 2)
   delta = jnp.swapaxes(delta, 1, 2)
 
   block_q = common.tile_size(config.block_q_dkv, t)

@@ -61,3 +61,23 @@ def store(ref, value, rows=None, cols=None):
 def q_tile_index(program, num_q_tiles: int, is_causal: bool):
   """Query tile of a program: causal tiles run longest first, so short ones fill the tail."""
   return num_q_tiles - 1 - program if is_causal else program
+
+
+
+def lse_operand(lse, dtype):
+  """The forward's natural-log lse in the form `probabilities` takes for inputs of `dtype`."""
+  return lse if jnp.dtype(dtype) == jnp.float32 else lse * LOG2E
+
+
+def probabilities(s, lse, scale: float, dtype):
+  """P = exp(scale * s - lse) from fp32 scores `s` and `lse` from `lse_operand(., dtype)`.
+
+  16-bit inputs take one FFMA per score in base 2 (s * scale log2(e) - lse log2(e), as
+  FlashAttention-3); its two roundings at |scale s| ~ 100 shift the exponent by ~1e-5,
+  far below 16-bit rounding. float32 inputs subtract in natural units first (exact at the
+  row max), then go to base 2: the arithmetic of the xla backend and of FA-2's emulation
+  in tests/test_numerics.py.
+  """
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.exp2((s * scale - lse) * LOG2E)
+  return jnp.exp2(s * (scale * LOG2E) - lse)
