@@ -18,10 +18,8 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
-import jflash
 from jflash.reference import dense_attention
 
 ON_GPU = jax.default_backend() == "gpu"

@@ -14,7 +14,7 @@ from jax._src.pallas.triton import gpu_info, pallas_call_registration
 
 import jflash
 from jflash import backends
-from conftest import IMPLEMENTATIONS, ON_GPU, interpret_for, random_inputs
+from conftest import IMPLEMENTATIONS, interpret_for, random_inputs
 
 F32 = jnp.float32
 

@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import jflash
-from conftest import IMPLEMENTATIONS, ON_GPU, interpret_for, random_inputs
+from conftest import IMPLEMENTATIONS, ON_GPU, random_inputs
 
 COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "all-reduce",
                "reduce-scatter")

@@ -8,9 +8,7 @@ and tiles above the causal diagonal are never computed. It runs wherever XLA doe
 
 from __future__ import annotations
 
-import functools
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
