@@ -63,10 +63,11 @@ def _backward_impl(kernel: Kernel, q, k, v, lse, delta, do):
 
 
 def _shardings(mesh, q_info, k_info):
-  """(rows, kv, stats) shardings the call runs with, derived from q's sharding.
+  """(rows, stats) shardings the call runs with, derived from q's sharding.
 
-  rows: q, out, do, dq [B, T, N, H]; kv: k, v, dk, dv [B, S, K, H]; stats: lse, delta
-  [B, T, N]. Only the batch and head axes stay sharded (see the module docstring).
+  rows: q, out, do, dq [B, T, N, H], and k, v, dk, dv [B, S, K, H] (their K axis shards
+  like q's N axis); stats: lse, delta [B, T, N]. Only the batch and head axes stay
+  sharded (see the module docstring).
   """
   sharding = q_info.sharding
   batch = heads = None
@@ -79,7 +80,7 @@ def _shardings(mesh, q_info, k_info):
     heads = None  # K/V heads cannot follow: shard by KV-head groups only
   rows = NamedSharding(mesh, PartitionSpec(batch, None, heads, None))
   stats = NamedSharding(mesh, PartitionSpec(batch, None, heads))
-  return rows, rows, stats  # k, v shard their K axis like q's N axis
+  return rows, stats
 
 
 def _size(mesh, axes) -> int:
@@ -89,27 +90,26 @@ def _size(mesh, axes) -> int:
 
 def _forward_partition(kernel, mesh, arg_shapes, result_shape):
   del result_shape
-  rows, kv, stats = _shardings(mesh, arg_shapes[0], arg_shapes[1])
-  return (mesh, functools.partial(_forward_impl, kernel), (rows, stats), (rows, kv, kv))
+  rows, stats = _shardings(mesh, arg_shapes[0], arg_shapes[1])
+  return mesh, functools.partial(_forward_impl, kernel), (rows, stats), (rows,) * 3
 
 
 def _forward_infer(kernel, mesh, arg_shapes, result_shape):
   del kernel, result_shape
-  rows, _, stats = _shardings(mesh, arg_shapes[0], arg_shapes[1])
-  return rows, stats
+  return _shardings(mesh, arg_shapes[0], arg_shapes[1])
 
 
 def _backward_partition(kernel, mesh, arg_shapes, result_shape):
   del result_shape
-  rows, kv, stats = _shardings(mesh, arg_shapes[0], arg_shapes[1])
-  return (mesh, functools.partial(_backward_impl, kernel), (rows, kv, kv),
-          (rows, kv, kv, stats, stats, rows))
+  rows, stats = _shardings(mesh, arg_shapes[0], arg_shapes[1])
+  return (mesh, functools.partial(_backward_impl, kernel), (rows,) * 3,
+          (rows, rows, rows, stats, stats, rows))
 
 
 def _backward_infer(kernel, mesh, arg_shapes, result_shape):
   del kernel, result_shape
-  rows, kv, _ = _shardings(mesh, arg_shapes[0], arg_shapes[1])
-  return rows, kv, kv
+  rows, _ = _shardings(mesh, arg_shapes[0], arg_shapes[1])
+  return (rows,) * 3
 
 
 # Factors: b batch, t queries, n query heads, h head dim, s keys, k key/value heads. The

@@ -16,9 +16,8 @@ from jflash.kernels.triton.config import (INTERPRET_COMPUTE_CAPABILITY, Attentio
 from jflash.kernels.xla.config import XlaConfig
 
 
-def gpu_compute_capability(device):
-  """(major, minor) of an NVIDIA GPU, None for any other device (kept for old callers)."""
-  return nvidia_compute_capability(device)
+# (major, minor) of an NVIDIA GPU, None for any other device (the first release's name).
+gpu_compute_capability = nvidia_compute_capability
 
 
 __all__ = ["AttentionConfig", "TritonConfig", "XlaConfig", "default_config", "check_fits",

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import jflash
+
 from jflash.reference import dense_attention
 
 ON_GPU = jax.default_backend() == "gpu"
@@ -70,6 +72,18 @@ def oracle_with_grads(q, k, v, do, *, scale, is_causal):
   (out, lse), vjp = jax.vjp(lambda *a: dense_attention(*a, scale=scale, is_causal=is_causal), *f32)
   grads = vjp((do.astype(jnp.float32), jnp.zeros_like(lse)))
   return out, lse, grads
+
+
+def jflash_with_grads(q, k, v, do, *, implementation, is_causal, config=None):
+  """jflash.attention (jitted; Triton in interpret mode on CPU): ((out, lse), (dq, dk, dv))."""
+
+  def f(q, k, v):
+    return jflash.attention(q, k, v, is_causal=is_causal, implementation=implementation,
+                            interpret=interpret_for(implementation), return_lse=True,
+                            config=config)
+
+  (out, lse), vjp = jax.vjp(jax.jit(f), q, k, v)
+  return (out, lse), vjp((do, jnp.zeros_like(lse)))
 
 
 def jax_nn_with_grads(q, k, v, do, *, scale, is_causal):

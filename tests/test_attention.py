@@ -10,8 +10,9 @@ import pytest
 
 import jflash
 from jflash.reference import dense_attention
-from conftest import (IMPLEMENTATIONS, ON_GPU, assert_within_criterion, interpret_for, jax_nn_with_grads,
-                      max_err, oracle_with_grads, random_inputs)
+from conftest import (IMPLEMENTATIONS, ON_GPU, assert_within_criterion, interpret_for,
+                      jax_nn_with_grads, jflash_with_grads, max_err, oracle_with_grads,
+                      random_inputs)
 
 BF16, F16, F32 = jnp.bfloat16, jnp.float16, jnp.float32
 
@@ -55,13 +56,8 @@ def check_case(case, implementation, config=None, seed=0):
   out_ref, lse_ref, grads_ref = oracle_with_grads(q, k, v, do, scale=scale, is_causal=is_causal)
   out_nn, grads_nn = jax_nn_with_grads(q, k, v, do, scale=scale, is_causal=is_causal)
 
-  def f(q, k, v):
-    return jflash.attention(q, k, v, is_causal=is_causal, implementation=implementation,
-                            interpret=interpret_for(implementation), return_lse=True,
-                            config=config)
-
-  (out, lse), vjp = jax.vjp(jax.jit(f), q, k, v)
-  grads = vjp((do, jnp.zeros_like(lse)))
+  (out, lse), grads = jflash_with_grads(q, k, v, do, implementation=implementation,
+                                        is_causal=is_causal, config=config)
 
   chex.assert_shape(out, (b, t, n, h))
   chex.assert_shape(lse, (b, t, n))

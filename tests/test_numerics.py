@@ -42,7 +42,7 @@ import numpy as np
 import pytest
 import jflash
 from conftest import (IMPLEMENTATIONS, ON_GPU, assert_within_criterion, interpret_for,
-                      jax_nn_with_grads, random_inputs)
+                      jax_nn_with_grads, jflash_with_grads, random_inputs)
 
 BF16, F16, F32 = jnp.bfloat16, jnp.float16, jnp.float32
 
@@ -166,13 +166,8 @@ def measure(implementation, q, k, v, do, *, is_causal, config):
   out_ref, lse_ref, grads_ref = oracle64(q, k, v, do, scale=scale, is_causal=is_causal)
   out_nn, grads_nn = jax_nn_with_grads(q, k, v, do, scale=scale, is_causal=is_causal)
 
-  def f(q, k, v):
-    return jflash.attention(q, k, v, is_causal=is_causal, implementation=implementation,
-                            interpret=interpret_for(implementation), return_lse=True,
-                            config=config)
-
-  (out, lse), vjp = jax.vjp(jax.jit(f), q, k, v)
-  grads = vjp((do, jnp.zeros_like(lse)))
+  (out, lse), grads = jflash_with_grads(q, k, v, do, implementation=implementation,
+                                        is_causal=is_causal, config=config)
   chex.assert_tree_all_finite((out, lse, grads))
   # P = exp(scale S - lse) is only as exact as S recomputed in the backward is
   # consistent with the forward's S: a different summation order moves it by an ulp of
