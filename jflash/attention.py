@@ -21,17 +21,20 @@ from jax._src.interpreters import batching as _batching
 
 from jflash import backends, partitioning
 from jflash.masks import MaskSpec
+from jflash.scores import ScoreMod
 
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
 MAX_HEAD_DIM = 256
 
 
-def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, interpret=False,
-              return_lse=False, config=None):
+def attention(q, k, v, *, scale=None, is_causal=False, query_seq_lengths=None,
+              key_value_seq_lengths=None, local_window_size=None, q_segment_ids=None,
+              kv_segment_ids=None, q_offset=0, logits_soft_cap=None, alibi_slopes=None,
+              implementation=None, interpret=False, return_lse=False, config=None):
   r"""Exact softmax attention computed tile by tile (FlashAttention).
 
-  Computes ``softmax(scale * q @ k^T) @ v`` per batch and query head without ever
-  holding the T x S score matrix in memory: the FlashAttention-2 algorithm (Dao 2023;
+  Computes ``softmax(mask(mod(scale * q @ k^T))) @ v`` per batch and query head without
+  ever holding the T x S score matrix in memory: the FlashAttention-2 algorithm (Dao 2023;
   Dao et al. 2022), with fp32 accumulation and softmax statistics for every input
   dtype. Differentiable in q, k and v (reverse mode: `jax.grad`, `jax.vjp`,
   `jax.jacrev`) through a `jax.custom_vjp` whose backward pass recomputes the
@@ -47,16 +50,39 @@ def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, inte
     attention; K == 1 is multi-query attention). K/V are never repeated in memory.
   * Any T, S >= 1 and 1 <= H <= 256; T != S is allowed.
 
-  Causal masking is aligned top-left, as in jax.nn: query i sees keys j <= i, for
-  T=3, S=5::
+  Masks. Query i sits at position ``i + q_offset`` and key j at position j. Query i
+  sees key j when every mask given allows it (``x`` visible; T=4, S=6 below):
 
-      x . . . .
-      x x . . .
-      x x x . .
+  * ``is_causal``: j <= i + q_offset. With q_offset = 0 this is jax.nn's top-left
+    alignment; ``q_offset = S - T`` is the bottom-right alignment of a KV cache or
+    chunked prefill (the last query sees every key).
+  * ``local_window_size=(left, right)``: i + q_offset - left <= j <= i + q_offset +
+    right (an int w means (w, w), a None side is unbounded), with or without
+    ``is_causal``.
+  * ``query_seq_lengths`` / ``key_value_seq_lengths``: i < query_seq_lengths[b] and
+    j < key_value_seq_lengths[b]; padded query rows return 0 and get zero gradients,
+    padded keys get zero dk, dv.
+  * ``q_segment_ids`` / ``kv_segment_ids`` (packing several documents per row): a query
+    sees only keys of its own segment id::
 
-  This is not the alignment a KV cache needs (the last query sees every key): with
-  T < S for decoding or chunked prefill, do not pass ``is_causal=True``. Tiles above
-  the diagonal are skipped; only tiles that straddle it are masked.
+      is_causal       is_causal,       window (1, 1)    segment ids 0 0 1 1 | 0 0 1 1 2 2
+                      q_offset=2
+      x . . . . .     x x x . . .      x x . . . .      x x . . . .
+      x x . . . .     x x x x . .      x x x . . .      x x . . . .
+      x x x . . .     x x x x x .      . x x x . .      . . x x . .
+      x x x x . .     x x x x x x      . . x x x .      . . x x . .
+
+  Tiles that no query of a tile sees are skipped, not computed: the causal upper
+  triangle, keys outside a window, padding, and (computed on device from the ids) tiles
+  whose query and key segments cannot meet; only tiles that straddle a mask edge are
+  masked. A query that sees no key returns 0 with lse -inf and zero gradients.
+
+  Score modifications, applied to ``s = scale * q.k`` in float32 before the mask (the
+  kernels keep their plain inner loop when none is on):
+
+  * ``logits_soft_cap=c``: s becomes ``c * tanh(s / c)`` (Gemma 2), differentiated.
+  * ``alibi_slopes``: then subtracts ``slope[b, n] * |i + q_offset - j|`` (ALiBi, Press
+    et al. 2022, in FlashAttention-2's convention: after the soft-cap, no bias tensor).
 
   Which backend runs: a named `implementation` runs, or raises. With None, the first
   backend that can run on the device the call runs on and supports the case: for
@@ -88,6 +114,21 @@ def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, inte
       time (a Python or NumPy scalar, or a concrete size-1 array). Defaults to
       1 / sqrt(H).
     is_causal: apply the causal mask above.
+    query_seq_lengths: None, or integer [B] (a scalar when unbatched): queries at index
+      >= the length are padding. Runtime data (may be traced).
+    key_value_seq_lengths: None, or integer [B]: keys at index >= the length are
+      padding. Runtime data.
+    local_window_size: None, an int >= 0, or a (left, right) pair of ints >= 0 or None;
+      static.
+    q_segment_ids: None, or integer [B, T] ([T] unbatched) segment ids. Runtime data.
+    kv_segment_ids: None, or integer [B, S]; defaults to `q_segment_ids` (then T must
+      equal S). Needs `q_segment_ids`.
+    q_offset: the queries' position offset: a Python int (compiled in), or an integer
+      array of shape [B] or a scalar (runtime data, may be traced: a new value does not
+      recompile).
+    logits_soft_cap: None, or a positive finite number known at trace time.
+    alibi_slopes: None, or float [N] or [B, N] ALiBi slopes (runtime data; not
+      differentiated).
     implementation: ``"triton"`` (Pallas kernels lowered through Triton; NVIDIA GPUs of
       compute capability >= 8.0), ``"xla"`` (the same tiled algorithm in pure JAX; any
       device, memory linear in T and S), or None to choose as described above.
@@ -108,7 +149,10 @@ def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, inte
   Raises:
     ValueError: wrong ranks; batch, S or H mismatched between q, k, v; N % K != 0;
       T, S or H out of range; a dtype that is not bfloat16/float16/float32 or dtypes
-      that differ; a scale that is not a positive finite scalar or is traced; an unknown
+      that differ; a scale that is not a positive finite scalar or is traced; segment
+      ids, lengths, q_offset or ALiBi slopes of the wrong shape or dtype; kv_segment_ids
+      without q_segment_ids, or q_segment_ids alone with T != S; a negative or malformed
+      window; a soft-cap that is not a positive finite number; an unknown
       implementation; ``interpret=True`` with a backend that has no interpret mode; a
       config of the wrong type, or one that does not fit the GPU's shared memory.
     NotImplementedError: the named implementation cannot serve the call on this device
@@ -127,6 +171,7 @@ def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, inte
     q, k, v = q[None], k[None], v[None]
   dtype = _check_dtypes(q, k, v)
   b, t, n, h = q.shape
+  s_len = k.shape[1]
   scale = _check_scale(scale, h)
   for name, value in (("is_causal", is_causal), ("interpret", interpret),
                       ("return_lse", return_lse)):
@@ -135,10 +180,28 @@ def attention(q, k, v, *, scale=None, is_causal=False, implementation=None, inte
   if implementation is not None:
     backends.get(implementation)  # ValueError for an unknown name
   _refuse_forward_mode(q, k, v)
-  problem = backends.Problem(b, t, k.shape[1], n, k.shape[2], h, dtype, is_causal)
+  batched = functools.partial(_batched_operand, unbatched=unbatched, batch=b)
+  window = _check_window(local_window_size)
+  static_offset, q_offset = _check_offset(q_offset, batched)
+  q_segment_ids, kv_segment_ids = _check_segment_ids(q_segment_ids, kv_segment_ids, t, s_len,
+                                                     batched)
+  operands = backends.Operands(
+      q_offset=q_offset,
+      q_lengths=batched("query_seq_lengths", query_seq_lengths, (), jnp.integer),
+      kv_lengths=batched("key_value_seq_lengths", key_value_seq_lengths, (), jnp.integer),
+      q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+      alibi_slopes=_check_alibi(alibi_slopes, n, batched))
+  spec = MaskSpec(t, s_len, is_causal, window=window, q_offset=static_offset,
+                  dynamic_offset=q_offset is not None,
+                  q_lengths=operands.q_lengths is not None,
+                  kv_lengths=operands.kv_lengths is not None,
+                  segment_ids=q_segment_ids is not None)
+  score_mod = ScoreMod(soft_cap=_check_soft_cap(logits_soft_cap),
+                       alibi=operands.alibi_slopes is not None)
+  problem = backends.Problem(b, t, s_len, n, k.shape[2], h, dtype, spec, score_mod)
   static = _Static(plans=_plans(implementation, interpret, config, problem, (q, k, v)),
-                   scale=scale, spec=problem.spec)
-  out, lse = _attention(q, k, v, static)
+                   scale=scale, spec=spec, score_mod=score_mod)
+  out, lse = _attention(q, k, v, operands, static)
   if unbatched:
     out, lse = out[0], lse[0]
   return (out, lse) if return_lse else out
@@ -155,9 +218,10 @@ class _Static:
   plans: tuple
   scale: float
   spec: MaskSpec
+  score_mod: ScoreMod
 
   def kernels(self):
-    return [(platforms, partitioning.Kernel(plan, self.scale, self.spec))
+    return [(platforms, partitioning.Kernel(plan, self.scale, self.spec, self.score_mod))
             for platforms, plan in self.plans]
 
 
@@ -211,38 +275,50 @@ def _run(kernels, fn, *args):
   return lax.platform_dependent(*args, **branches)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _flash(q, k, v, static: _Static):
-  return _forward(static, q, k, v)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash(q, k, v, operands, static: _Static):
+  return _forward(static, q, k, v, operands)
 
 
-def _flash_fwd(q, k, v, static: _Static):
-  out, lse = _forward(static, q, k, v)
-  return (out, lse), (q, k, v, out, lse)
+def _flash_fwd(q, k, v, operands, static: _Static):
+  out, lse = _forward(static, q, k, v, operands)
+  return (out, lse), (q, k, v, operands, out, lse)
 
 
 def _flash_bwd(static: _Static, residuals, cotangents):
-  q, k, v, out, lse = residuals
+  q, k, v, operands, out, lse = residuals
   d_out, d_lse = cotangents
   # d lse_i / d s_ij = p_ij, so an lse cotangent folds into delta: dS = P (dP - delta + dlse).
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - d_lse
-  return _backward(static, q, k, v, lse, delta, d_out.astype(q.dtype))
+  # A row that sees no key has lse = -inf; +inf makes its recomputed P exactly 0.
+  lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)
+  dq, dk, dv = _backward(static, q, k, v, operands, lse, delta, d_out.astype(q.dtype))
+  return dq, dk, dv, _zero_cotangents(operands)
+
+
+def _zero_cotangents(operands):
+  """Operands are not differentiated: zeros (float0 for integer arrays)."""
+  def zero(x):
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+      return jnp.zeros_like(x)
+    return np.zeros(x.shape, jax.dtypes.float0)
+  return jax.tree.map(zero, operands)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
-_attention = jax.jit(_flash, static_argnums=3)
+_attention = jax.jit(_flash, static_argnums=4)
 
 
 # The kernels have no derivative rules of their own. Differentiating the custom_vjp's
 # forward or backward again (grad of grad) reaches these rules, which say so clearly.
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _forward(static: _Static, q, k, v):
-  return _run(static.kernels(), partitioning.forward, q, k, v)
+def _forward(static: _Static, q, k, v, operands):
+  return _run(static.kernels(), partitioning.forward, q, k, v, operands)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _backward(static: _Static, q, k, v, lse, delta, do):
-  return _run(static.kernels(), partitioning.backward, q, k, v, lse, delta, do)
+def _backward(static: _Static, q, k, v, operands, lse, delta, do):
+  return _run(static.kernels(), partitioning.backward, q, k, v, operands, lse, delta, do)
 
 
 def _no_second_order(static, primals, tangents):
@@ -343,4 +419,92 @@ def _check_scale(scale, head_dim: int) -> float:
   value = float(scale)
   if not math.isfinite(value) or value <= 0:
     raise ValueError(f"scale must be a positive finite number, got {value!r}")
+  return value
+
+
+def _batched_operand(name, x, trailing, kind, *, unbatched, batch, broadcast=False):
+  """A runtime operand as a [B, *trailing] array (int32, or float32 for floats), or None.
+
+  Unbatched calls take it without the batch axis; with `broadcast`, batched calls may
+  also give it without the batch axis (the same for every batch element). Raises
+  ValueError naming `name` for a wrong shape or dtype.
+  """
+  if x is None:
+    return None
+  x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+  want = [tuple(trailing) if unbatched else (batch, *trailing)]
+  if broadcast and not unbatched:
+    want.append(tuple(trailing))
+  if (x.shape not in want or not jnp.issubdtype(x.dtype, kind)
+      or jnp.issubdtype(x.dtype, jnp.bool_)):
+    what = "an integer" if kind is jnp.integer else "a floating-point"
+    shapes = " or ".join(str(w) for w in want)
+    raise ValueError(f"{name} must be {what} array of shape {shapes}; got {name}.shape="
+                     f"{x.shape}, {name}.dtype={x.dtype}")
+  x = x.astype(jnp.int32 if kind is jnp.integer else jnp.float32)
+  return x[None] if unbatched else jnp.broadcast_to(x, (batch, *trailing))
+
+
+def _check_window(window):
+  """local_window_size as (left, right), each an int >= 0 or None; or None."""
+  if window is None:
+    return None
+  sides = (window, window) if isinstance(window, (int, np.integer)) else window
+  if (not isinstance(sides, (tuple, list)) or len(sides) != 2
+      or not all(x is None or (isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+                               and x >= 0) for x in sides)):
+    raise ValueError(
+        f"local_window_size must be an int >= 0 or a (left, right) pair of ints >= 0 (or "
+        f"None for an unbounded side); got {window!r}")
+  left, right = (None if x is None else int(x) for x in sides)
+  return None if left is None and right is None else (left, right)
+
+
+def _check_offset(q_offset, batched):
+  """(static offset, runtime [B] int32 operand or None) from `q_offset`.
+
+  A Python int is compiled in; an array (traced or not), of shape [B] or a scalar for
+  every batch element, is a runtime operand.
+  """
+  if isinstance(q_offset, (int, np.integer)) and not isinstance(q_offset, bool):
+    return int(q_offset), None
+  if not isinstance(q_offset, (jax.Array, np.ndarray)):
+    raise ValueError(f"q_offset must be an int or an integer array of shape [B]; got "
+                     f"{q_offset!r}")
+  return 0, batched("q_offset", q_offset, (), jnp.integer, broadcast=True)
+
+
+def _check_segment_ids(q_ids, kv_ids, t, s, batched):
+  if q_ids is None and kv_ids is None:
+    return None, None
+  if q_ids is None:
+    raise ValueError("kv_segment_ids needs q_segment_ids too (a query sees only keys of its "
+                     "own segment)")
+  if kv_ids is None:
+    if t != s:
+      raise ValueError(
+          f"q_segment_ids alone needs T == S (the keys then use the same ids); got T={t}, "
+          f"S={s}: pass kv_segment_ids too")
+    kv_ids = q_ids
+  return (batched("q_segment_ids", q_ids, (t,), jnp.integer),
+          batched("kv_segment_ids", kv_ids, (s,), jnp.integer))
+
+
+def _check_alibi(slopes, n, batched):
+  if slopes is None:
+    return None
+  return batched("alibi_slopes", slopes, (n,), jnp.floating, broadcast=True)
+
+
+def _check_soft_cap(cap):
+  if cap is None:
+    return None
+  if isinstance(cap, jax.core.Tracer):
+    raise ValueError(f"logits_soft_cap must be known at trace time; got a traced value {cap!r}")
+  if isinstance(cap, (bool, np.bool_)) or not isinstance(
+      cap, (numbers.Real, np.ndarray, np.generic, jax.Array)) or np.size(cap) != 1:
+    raise ValueError(f"logits_soft_cap must be a positive finite number or None; got {cap!r}")
+  value = float(np.asarray(cap).reshape(()))
+  if not math.isfinite(value) or value <= 0:
+    raise ValueError(f"logits_soft_cap must be a positive finite number or None; got {value!r}")
   return value

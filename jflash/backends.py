@@ -25,12 +25,13 @@ import dataclasses
 import functools
 import importlib
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import numpy as np
 
 from jflash.masks import MaskSpec
+from jflash.scores import ScoreMod
 
 # Backend name -> module holding its BACKEND object. Dict order is the priority order.
 _MODULES = {
@@ -47,7 +48,8 @@ class Problem:
   Attributes:
     batch, q_len, kv_len, num_heads, num_kv_heads, head_dim: B, T, S, N, K, H.
     dtype: the dtype of q, k and v.
-    is_causal: top-left aligned causal mask.
+    spec: the mask (static part).
+    score_mod: the score modification (static part).
   """
 
   batch: int
@@ -57,11 +59,36 @@ class Problem:
   num_kv_heads: int
   head_dim: int
   dtype: np.dtype
-  is_causal: bool
+  spec: MaskSpec
+  score_mod: ScoreMod = ScoreMod()
 
   @property
-  def spec(self) -> MaskSpec:
-    return MaskSpec(self.q_len, self.kv_len, self.is_causal)
+  def is_causal(self) -> bool:
+    return self.spec.is_causal
+
+
+class Operands(NamedTuple):
+  """The runtime arrays of a call's variants; None where a variant is off.
+
+  Every present operand has the full batch B as its leading axis (`jflash.attention`
+  broadcasts them), so the batch axis shards and vmaps like q's. None of them is
+  differentiated.
+
+  Attributes:
+    q_offset: [B] int32, query i sits at position i + q_offset[b].
+    q_lengths: [B] int32, queries at index >= q_lengths[b] are padding.
+    kv_lengths: [B] int32, keys at index >= kv_lengths[b] are padding.
+    q_segment_ids: [B, T] int32.
+    kv_segment_ids: [B, S] int32.
+    alibi_slopes: [B, N] float32.
+  """
+
+  q_offset: Any = None
+  q_lengths: Any = None
+  kv_lengths: Any = None
+  q_segment_ids: Any = None
+  kv_segment_ids: Any = None
+  alibi_slopes: Any = None
 
 
 class Backend(abc.ABC):
@@ -94,15 +121,21 @@ class Backend(abc.ABC):
     del config, problem, device
 
   @abc.abstractmethod
-  def forward(self, q, k, v, *, scale: float, spec: MaskSpec, config: Any, interpret: bool):
-    """(out [B, T, N, H] in q.dtype, lse [B, T, N] float32 natural log)."""
+  def forward(self, q, k, v, operands: Operands, *, scale: float, spec: MaskSpec,
+              score_mod: ScoreMod, config: Any, interpret: bool):
+    """(out [B, T, N, H] in q.dtype, lse [B, T, N] float32 natural log).
+
+    A query row that sees no key gets out = 0 and lse = -inf.
+    """
 
   @abc.abstractmethod
-  def backward(self, q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, config: Any,
-               interpret: bool):
+  def backward(self, q, k, v, operands: Operands, lse, delta, do, *, scale: float,
+               spec: MaskSpec, score_mod: ScoreMod, config: Any, interpret: bool):
     """(dq, dk, dv) with the shapes and dtypes of (q, k, v).
 
-    `lse` is the forward pass's, `delta` = rowsum(do * out) - dL/dlse, [B, T, N] float32.
+    `lse` is the forward pass's with -inf (rows that see no key) replaced by +inf, so
+    that recomputed probabilities are 0 there; `delta` = rowsum(do * out) - dL/dlse,
+    [B, T, N] float32.
     """
 
 
@@ -136,13 +169,15 @@ class Plan:
   config: Any
   interpret: bool = False
 
-  def forward(self, q, k, v, *, scale, spec):
-    return get(self.backend).forward(q, k, v, scale=scale, spec=spec, config=self.config,
+  def forward(self, q, k, v, operands, *, scale, spec, score_mod):
+    return get(self.backend).forward(q, k, v, operands, scale=scale, spec=spec,
+                                     score_mod=score_mod, config=self.config,
                                      interpret=self.interpret)
 
-  def backward(self, q, k, v, lse, delta, do, *, scale, spec):
-    return get(self.backend).backward(q, k, v, lse, delta, do, scale=scale, spec=spec,
-                                      config=self.config, interpret=self.interpret)
+  def backward(self, q, k, v, operands, lse, delta, do, *, scale, spec, score_mod):
+    return get(self.backend).backward(q, k, v, operands, lse, delta, do, scale=scale,
+                                      spec=spec, score_mod=score_mod, config=self.config,
+                                      interpret=self.interpret)
 
 
 def plan(implementation: str | None, problem: Problem, device: jax.Device | None, *,

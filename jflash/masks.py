@@ -1,24 +1,35 @@
 """Which (query, key) pairs attend, and which tiles of the score matrix to visit.
 
-Every backend walks the T x S score matrix in tiles. :class:`MaskSpec` says which
-entries are visible; :meth:`MaskSpec.kv_tiles` and :meth:`MaskSpec.q_tiles` split the
-tiles of one block row (or column) into three contiguous runs::
+Every backend walks the T x S score matrix in tiles. :class:`MaskSpec` is the static
+part of the mask (causality, a window, which runtime mask operands exist); the runtime
+part (per-batch ``q_offset`` and lengths, segment ids) arrives as arrays.
+
+Positional masks (causal, window, offset, lengths) give, for one block row of tiles, a
+:class:`TileRange` of three contiguous runs (:meth:`MaskSpec.kv_tiles`, and
+:meth:`MaskSpec.q_tiles` for a block column)::
 
     [lo, full_lo)       straddle the mask edge: computed, then masked
     [full_lo, full_hi)  fully visible: computed, never masked
     [full_hi, hi)       straddle the mask edge: computed, then masked
 
-Tiles outside [lo, hi) are entirely masked and never computed. With ``is_causal`` the
-mask is aligned top-left as in ``jax.nn.dot_product_attention`` (query i sees keys
-j <= i), here for T=4 queries and S=6 keys (``x`` visible)::
+Tiles outside [lo, hi) are entirely masked and never computed. Query i sits at position
+``i + q_offset`` and key j at position j; with ``is_causal`` query i sees keys
+``j <= i + q_offset`` (``q_offset = 0`` is jax.nn's top-left alignment), and a window
+``(left, right)`` keeps ``i + q_offset - left <= j <= i + q_offset + right``. For T=4,
+S=6 (``x`` visible)::
 
-    x . . . . .
-    x x . . . .
-    x x x . . .
-    x x x x . .
+    is_causal           is_causal, q_offset=2     window (1, 1)
+    x . . . . .         x x x . . .               x x . . . .
+    x x . . . .         x x x x . .               x x x . . .
+    x x x . . .         x x x x x .               . x x x . .
+    x x x x . .         x x x x x x               . . x x x .
 
-The functions work on Python ints and on traced int32 scalars alike, so the Pallas
-kernels and the pure-JAX backend share them.
+Segment ids (packing) are not positional: :func:`tile_lists` classifies every tile on
+device (skip, masked, full) and compacts, per block row, the list of tiles to visit,
+which :func:`fold_tile_list` iterates.
+
+The range functions work on Python ints and on traced int32 scalars alike, so the
+Pallas kernels and the pure-JAX backend share them.
 """
 
 from __future__ import annotations
@@ -27,10 +38,13 @@ import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 Index = Any  # a Python int or a traced int32 scalar
+
+SKIP, MASKED, FULL = 0, 1, 2  # tile classes of `tile_lists`
 
 
 class TileRange(NamedTuple):
@@ -42,58 +56,149 @@ class TileRange(NamedTuple):
   hi: Index
 
 
+class Positions(NamedTuple):
+  """The positional mask values of one batch element (Python ints when static)."""
+
+  offset: Index  # q_offset: query i sits at position i + offset
+  q_len: Index   # queries at index >= q_len are padding (<= T)
+  kv_len: Index  # keys at index >= kv_len are padding (<= S)
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskSpec:
-  """The attention mask of one call: sequence lengths and causality.
+  """The static description of a call's mask.
 
   Attributes:
     q_len: T, the number of queries.
     kv_len: S, the number of keys and values.
-    is_causal: query i sees key j only if j <= i (top-left alignment).
+    is_causal: query i sees key j only if j <= i + q_offset.
+    window: None, or (left, right), each a non-negative int or None (unbounded):
+      query i sees key j only if i + q_offset - left <= j <= i + q_offset + right.
+    q_offset: the static query offset (used when `dynamic_offset` is False).
+    dynamic_offset: q_offset is a runtime int32 [B] operand.
+    q_lengths, kv_lengths: runtime int32 [B] valid lengths are given.
+    segment_ids: runtime segment ids are given (a query sees keys of its segment only).
   """
 
   q_len: int
   kv_len: int
   is_causal: bool = False
+  window: tuple[int | None, int | None] | None = None
+  q_offset: int = 0
+  dynamic_offset: bool = False
+  q_lengths: bool = False
+  kv_lengths: bool = False
+  segment_ids: bool = False
 
-  def visible(self, q_pos, kv_pos):
-    """Boolean array: query position `q_pos` sees key position `kv_pos` (broadcasting).
+  @property
+  def left(self):
+    return None if self.window is None else self.window[0]
 
-    Positions past the end of either sequence are never visible.
-    """
-    vis = (q_pos < self.q_len) & (kv_pos < self.kv_len)
+  @property
+  def right(self):
+    right = None if self.window is None else self.window[1]
     if self.is_causal:
-      vis = vis & (kv_pos <= q_pos)
+      right = 0 if right is None else min(right, 0)
+    return right
+
+  @property
+  def dynamic_positions(self) -> bool:
+    """Whether the positional mask depends on runtime operands."""
+    return self.dynamic_offset or self.q_lengths or self.kv_lengths
+
+  @property
+  def uses_tile_lists(self) -> bool:
+    """Whether the kernels iterate per-row tile lists (:func:`tile_lists`)."""
+    return self.segment_ids
+
+  def positions(self, offset=None, q_len=None, kv_len=None) -> Positions:
+    """Positions of one batch element: the given runtime scalars, else the static values."""
+    return Positions(self.q_offset if offset is None else offset,
+                     self.q_len if q_len is None else q_len,
+                     self.kv_len if kv_len is None else kv_len)
+
+  def batch_positions(self, q_offset=None, q_lengths=None, kv_lengths=None) -> Positions:
+    """Per-batch Positions from the runtime [B] int32 operands (None: the static value).
+
+    Lengths are clipped to [0, T] and [0, S]: the same mask, and the tile arithmetic
+    holds.
+    """
+    return Positions(
+        self.q_offset if q_offset is None else q_offset,
+        self.q_len if q_lengths is None else jnp.clip(q_lengths, 0, self.q_len),
+        self.kv_len if kv_lengths is None else jnp.clip(kv_lengths, 0, self.kv_len))
+
+  def visible(self, q_pos, kv_pos, pos: Positions | None = None):
+    """Boolean array: query index `q_pos` sees key index `kv_pos` (broadcasting).
+
+    Indices past the (valid) end of either sequence are never visible. Segment ids
+    are not checked here (see :func:`segment_visible`).
+    """
+    pos = pos or self.positions()
+    vis = (q_pos < pos.q_len) & (kv_pos < pos.kv_len)
+    if self.left is not None or self.right is not None:
+      at = q_pos + pos.offset  # the query's position
+      if self.right is not None:
+        vis = vis & (kv_pos <= at + self.right)
+      if self.left is not None:
+        vis = vis & (kv_pos >= at - self.left)
     return vis
 
-  def kv_tiles(self, q_start: Index, block_q: int, block_kv: int) -> TileRange:
+  def kv_tiles(self, q_start: Index, block_q: int, block_kv: int,
+               pos: Positions | None = None) -> TileRange:
     """Key tiles that the query tile [q_start, q_start + block_q) must visit.
 
-    A tile is "full" when every entry is visible to every query row < T; rows >= T
-    are padding whose results are dropped, so they do not make a tile masked.
+    A tile is "full" when every entry is visible to every valid query row; rows past
+    the valid length are padding whose results the kernels discard (out 0, lse -inf),
+    so they do not make a tile masked.
     """
-    num_tiles = _cdiv(self.kv_len, block_kv)
-    hi, full_hi = num_tiles, self.kv_len // block_kv
-    if self.is_causal:
-      q_last = _min(q_start + block_q, self.q_len) - 1
-      hi = _min(hi, _div(q_last, block_kv) + 1)
-      full_hi = _min(full_hi, _div(q_start + 1, block_kv))
-    return _ordered(0, 0, full_hi, hi)
+    pos = pos or self.positions()
+    o = pos.offset
+    q_last = _min(q_start + block_q, pos.q_len) - 1
+    hi, full_hi = _cdiv(pos.kv_len, block_kv), _div(pos.kv_len, block_kv)
+    lo = full_lo = 0
+    if self.right is not None:
+      hi = _min(hi, _cdiv(q_last + o + self.right + 1, block_kv))
+      full_hi = _min(full_hi, _div(q_start + o + self.right + 1, block_kv))
+    if self.left is not None:
+      lo = _div(q_start + o - self.left, block_kv)
+      full_lo = _cdiv(q_last + o - self.left, block_kv)
+      hi = _where(q_start + o - self.left < pos.kv_len, hi, 0)  # window past the keys
+    if not _static(pos.q_len) or pos.q_len < self.q_len:
+      hi = _where(q_start < pos.q_len, hi, 0)  # the whole tile is padding
+    return ordered(lo, full_lo, full_hi, hi)
 
-  def q_tiles(self, kv_start: Index, block_kv: int, block_q: int) -> TileRange:
+  def q_tiles(self, kv_start: Index, block_kv: int, block_q: int,
+              pos: Positions | None = None) -> TileRange:
     """Query tiles that see the key tile [kv_start, kv_start + block_kv).
 
-    A tile is "full" when every entry is visible for every key column < S; columns >= S
-    are padding whose gradients are dropped.
+    A tile is "full" when every entry is visible for every valid key column; columns
+    past S are padding whose gradients are dropped, but columns in [kv_len, S) are real
+    and must get zero gradients, so a tile that holds any of them is masked. Query rows
+    past the valid length need no mask: the backward pass gives them lse = +inf, so
+    their probabilities are exactly 0.
     """
-    hi, full_hi = _cdiv(self.q_len, block_q), self.q_len // block_q
+    pos = pos or self.positions()
+    o = pos.offset
+    kv_last = _min(kv_start + block_kv, pos.kv_len) - 1
+    hi, full_hi = _cdiv(pos.q_len, block_q), self.q_len // block_q
     lo = full_lo = 0
-    if self.is_causal:
-      lo = _div(kv_start, block_q)
-      kv_last = _min(kv_start + block_kv, self.kv_len) - 1
-      full_lo = _cdiv(kv_last, block_q)
-      hi = _where(kv_start < self.q_len, hi, 0)  # keys past the last query: no one sees them
-    return _ordered(lo, full_lo, full_hi, hi)
+    if self.right is not None:
+      lo = _div(kv_start - o - self.right, block_q)
+      full_lo = _cdiv(kv_last - o - self.right, block_q)
+      hi = _where(kv_start - o - self.right < pos.q_len, hi, 0)  # no query reaches it
+    if self.left is not None:
+      hi = _min(hi, _cdiv(kv_last - o + self.left + 1, block_q))
+      full_hi = _min(full_hi, _div(kv_start - o + self.left + 1, block_q))
+    if not _static(pos.kv_len) or pos.kv_len < self.kv_len:
+      hi = _where(kv_start < pos.kv_len, hi, 0)  # the whole tile is padding
+      full_hi = _where(_min(kv_start + block_kv, self.kv_len) <= pos.kv_len, full_hi, 0)
+    return ordered(lo, full_lo, full_hi, hi)
+
+
+def segment_visible(q_segment_ids, kv_segment_ids):
+  """[bq, 1] == [1, bkv]: a query sees only keys of its own segment."""
+  return q_segment_ids[:, None] == kv_segment_ids[None, :]
 
 
 def fold_tiles(tiles: TileRange, body: Callable[..., Any], carry: Any) -> Any:
@@ -115,8 +220,118 @@ def _drop_kw(body, masked, j, carry):
   return body(j, carry, masked=masked)
 
 
-def _ordered(lo, full_lo, full_hi, hi) -> TileRange:
-  lo = _min(lo, hi)
+class TileList(NamedTuple):
+  """Per block row, the tiles to visit, compacted (see :func:`tile_lists`).
+
+  count: [B, R] int32, how many tiles row r visits.
+  index: [B, R, C] int32, their column indices first (in increasing order), then junk.
+  full: [B, R, C] int32, 1 where that tile needs no mask.
+  """
+
+  count: jax.Array
+  index: jax.Array
+  full: jax.Array
+
+
+def tile_lists(spec: MaskSpec, block_q: int, block_kv: int, *, positions: Positions,
+               q_segment_ids, kv_segment_ids, transpose: bool = False) -> TileList:
+  """The tile schedule of a call with segment ids, computed on device (plain XLA).
+
+  Every (query tile, key tile) pair is classified (:func:`tile_classes`), and each
+  block row's non-skipped tiles are compacted into a list (:func:`compact`), so a
+  kernel visits ``count`` tiles without testing the others.
+
+  Args:
+    spec: the mask.
+    block_q, block_kv: the tile sizes of the kernel that iterates the lists.
+    positions: per-batch [B] int32 arrays (or Python ints) of offsets and lengths.
+    q_segment_ids, kv_segment_ids: [B, T], [B, S] int32.
+    transpose: lists per key tile of the query tiles that see it (for dK/dV) instead
+      of per query tile of its key tiles.
+
+  Returns:
+    A :class:`TileList` with R = query tiles and C = key tiles (swapped if transpose).
+  """
+  return compact(tile_classes(spec, block_q, block_kv, positions=positions,
+                              q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+                              transpose=transpose))
+
+
+def tile_classes(spec: MaskSpec, block_q: int, block_kv: int, *, positions: Positions,
+                 q_segment_ids, kv_segment_ids, transpose: bool = False):
+  """[B, R, C] int32 class of every tile: SKIP, MASKED or FULL (see :func:`tile_lists`).
+
+  SKIP when the positional mask hides the tile entirely or the segment-id ranges of its
+  rows and columns do not overlap; FULL when the positional mask sees all of it and all
+  its rows and columns hold one and the same segment id; MASKED otherwise.
+  """
+  nq, nkv = _cdiv(spec.q_len, block_q), _cdiv(spec.kv_len, block_kv)
+  b = q_segment_ids.shape[0]
+  pos = Positions(*(jnp.broadcast_to(jnp.asarray(x, jnp.int32), (b,)) for x in positions))
+
+  def classes(ranges, n):  # TileRange of [B, R] arrays -> [B, R, n] classes
+    j = jnp.arange(n)[None, None, :]
+    lo, full_lo, full_hi, hi = (x[..., None] for x in ranges)
+    visit = (j >= lo) & (j < hi)
+    return jnp.where(visit, jnp.where((j >= full_lo) & (j < full_hi), FULL, MASKED), SKIP)
+
+  def per_batch(fn, starts):  # fn(start, pos) -> TileRange, for every batch and start
+    return jax.vmap(lambda p: jax.vmap(lambda s: fn(s, p))(starts))(pos)
+
+  if transpose:
+    ranges = per_batch(lambda s, p: spec.q_tiles(s, block_kv, block_q, Positions(*p)),
+                       jnp.arange(nkv, dtype=jnp.int32) * block_kv)
+    positional = classes(ranges, nq).swapaxes(1, 2)  # [B, nq, nkv]
+  else:
+    ranges = per_batch(lambda s, p: spec.kv_tiles(s, block_q, block_kv, Positions(*p)),
+                       jnp.arange(nq, dtype=jnp.int32) * block_q)
+    positional = classes(ranges, nkv)
+  q_lo, q_hi = _tile_min_max(q_segment_ids, block_q)  # [B, nq]
+  k_lo, k_hi = _tile_min_max(kv_segment_ids, block_kv)
+  meet = (q_lo[:, :, None] <= k_hi[:, None, :]) & (k_lo[:, None, :] <= q_hi[:, :, None])
+  one = ((q_lo == q_hi)[:, :, None] & (k_lo == k_hi)[:, None, :]
+         & (q_lo[:, :, None] == k_lo[:, None, :]))
+  kind = jnp.where(meet, jnp.minimum(positional, jnp.where(one, FULL, MASKED)), SKIP)
+  return kind.swapaxes(1, 2) if transpose else kind
+
+
+def compact(kind) -> TileList:
+  """The :class:`TileList` of tile classes `kind` [B, R, C]."""
+  count = jnp.sum(kind != SKIP, axis=-1, dtype=jnp.int32)
+  index = jnp.argsort(kind == SKIP, axis=-1, stable=True).astype(jnp.int32)
+  full = (jnp.take_along_axis(kind, index, axis=-1) == FULL).astype(jnp.int32)
+  return TileList(count, index, full)
+
+
+def _tile_min_max(ids, block: int):
+  """Per tile of `block` columns of ids [B, L]: (min, max) over its real entries."""
+  b, length = ids.shape
+  n = _cdiv(length, block)
+  pad = n * block - length
+  lo = jnp.pad(ids, ((0, 0), (0, pad)), constant_values=jnp.iinfo(jnp.int32).max)
+  hi = jnp.pad(ids, ((0, 0), (0, pad)), constant_values=jnp.iinfo(jnp.int32).min)
+  return lo.reshape(b, n, block).min(-1), hi.reshape(b, n, block).max(-1)
+
+
+def fold_tile_list(count: Index, tile: Callable[[Index], tuple[Index, Index]],
+                   body: Callable[..., Any], carry: Any) -> Any:
+  """Runs ``carry = body(j, carry, masked=...)`` over a row of a :class:`TileList`.
+
+  `tile(t)` gives the t-th entry's (column index, full flag); `body` is traced twice
+  (masked and not) and `lax.cond` picks one per tile.
+  """
+
+  def step(t, carry):
+    j, full = tile(t)
+    return lax.cond(full != 0, functools.partial(_drop_kw, body, False),
+                    functools.partial(_drop_kw, body, True), j, carry)
+
+  return lax.fori_loop(0, count, step, carry)
+
+
+def ordered(lo, full_lo, full_hi, hi) -> TileRange:
+  """The TileRange of these bounds, clamped so that lo <= full_lo <= full_hi <= hi."""
+  lo = _min(lo, hi)  # lo, hi >= 0 by construction
   full_lo = _max(_min(full_lo, hi), lo)
   full_hi = _max(_min(full_hi, hi), full_lo)
   return TileRange(lo, full_lo, full_hi, hi)
@@ -127,7 +342,8 @@ def _static(*xs) -> bool:
 
 
 def _div(a: Index, b: int) -> Index:
-  """a // b for a >= 0 (lax.div truncates, which is floor for non-negative a)."""
+  """floor(max(a, 0) / b): every caller clamps its result to [0, tiles] anyway."""
+  a = _max(a, 0)
   return a // b if _static(a) else lax.div(a, jnp.asarray(b, a.dtype))
 
 

@@ -261,3 +261,37 @@ def test_xla_temp_buffers_are_linear_in_sequence_length(implementation, with_gra
   # Doubling T at most doubles temporaries (plus slack for fixed-size buffers).
   assert temp[2] <= 2.2 * temp[1] + (1 << 20), temp
   assert temp[1] <= 2.2 * temp[0] + (1 << 20), temp
+
+
+_Q = jnp.zeros((2, 8, 4, 16), jnp.float32)
+_KV = jnp.zeros((2, 8, 2, 16), jnp.float32)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(q_segment_ids=jnp.zeros((2, 7), jnp.int32)), r"q_segment_ids must be .*\(2, 8\)"),
+    (dict(q_segment_ids=jnp.zeros((2, 8), jnp.float32)), r"q_segment_ids.*dtype=float32"),
+    (dict(kv_segment_ids=jnp.zeros((2, 8), jnp.int32)), "kv_segment_ids needs q_segment_ids"),
+    (dict(q_segment_ids=jnp.zeros((2, 8), jnp.int32),
+          kv_segment_ids=jnp.zeros((2, 9), jnp.int32)), r"kv_segment_ids must be .*\(2, 8\)"),
+    (dict(query_seq_lengths=jnp.zeros((3,), jnp.int32)), r"query_seq_lengths.*shape=\(3,\)"),
+    (dict(key_value_seq_lengths=jnp.zeros((2,), jnp.float32)), "key_value_seq_lengths.*float32"),
+    (dict(local_window_size=-1), "local_window_size.*-1"),
+    (dict(local_window_size=(2, -3)), r"local_window_size.*\(2, -3\)"),
+    (dict(local_window_size=(1, 2, 3)), "local_window_size"),
+    (dict(local_window_size=1.5), "local_window_size"),
+    (dict(logits_soft_cap=0.0), "logits_soft_cap.*0.0"),
+    (dict(logits_soft_cap=-2), "logits_soft_cap"),
+    (dict(logits_soft_cap=float("inf")), "logits_soft_cap"),
+    (dict(alibi_slopes=jnp.zeros((3,), jnp.float32)), r"alibi_slopes.*shape=\(3,\)"),
+    (dict(alibi_slopes=jnp.zeros((2, 4), jnp.int32)), "alibi_slopes.*int32"),
+    (dict(q_offset=1.5), "q_offset"),
+    (dict(q_offset=jnp.zeros((3,), jnp.int32)), r"q_offset.*shape=\(3,\)"),
+])
+def test_variant_arguments_are_validated(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    jflash.attention(_Q, _KV, _KV, implementation="xla", **kwargs)
+
+
+def test_segment_ids_alone_need_equal_lengths():
+  with pytest.raises(ValueError, match="T == S.*T=8, S=5"):
+    jflash.attention(_Q, _KV[:, :5], _KV[:, :5], q_segment_ids=jnp.zeros((2, 8), jnp.int32))

@@ -13,6 +13,7 @@ import pytest
 from jax._src.pallas.triton import gpu_info, pallas_call_registration
 
 import jflash
+from jflash.masks import MaskSpec
 from jflash import backends
 from conftest import IMPLEMENTATIONS, interpret_for, random_inputs
 
@@ -33,7 +34,7 @@ H100 = FakeDevice("gpu", "9.0", "NVIDIA H100 (fake)")
 V100 = FakeDevice("gpu", "7.0", "Tesla V100 (fake)")
 MI250 = FakeDevice("gpu", "gfx90a", "AMD Instinct MI250X (fake)")
 CPU = FakeDevice("cpu", "", "cpu")
-PROBLEM = backends.Problem(1, 64, 64, 4, 2, 64, jnp.dtype(jnp.bfloat16), True)
+PROBLEM = backends.Problem(1, 64, 64, 4, 2, 64, jnp.dtype(jnp.bfloat16), MaskSpec(64, 64, True))
 
 
 # ------------------------------------------------------------------ backend protocol

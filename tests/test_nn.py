@@ -334,3 +334,42 @@ def test_docstring_examples_run(module):
   extra = dict(jax=jax, jnp=jnp, nnx=nnx, jflash=jflash)
   result = doctest.testmod(module, extraglobs=extra, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_flash_self_attention_packing_window_soft_cap():
+  """Segment ids (call), window and soft-cap (constructor) reach the kernel: the layer
+  matches nnx.MultiHeadAttention with the same parameters and the oracle as attention."""
+  kwargs = dict(num_heads=4, in_features=32, num_kv_heads=2)
+  ids = jnp.asarray(np.repeat([0, 1, 2], [10, 20, 7])[None].repeat(2, 0), jnp.int32)
+  variants = dict(local_window_size=(6, 2), logits_soft_cap=3.0)
+  ours = jflash.nn.FlashSelfAttention(**kwargs, **variants, implementation=IMPLEMENTATION,
+                                      rngs=nnx.Rngs(1))
+
+  def oracle_fn(query, key, value, *args, is_causal=False, q_segment_ids=None, **kw):
+    out, _ = dense_attention(query, key, value, scale=query.shape[-1] ** -0.5,
+                             is_causal=is_causal, q_segment_ids=q_segment_ids, **variants)
+    return out
+
+  oracle = nnx.MultiHeadAttention(**kwargs, decode=False, attention_fn=oracle_fn,
+                                  rngs=nnx.Rngs(0))
+  nnx.update(ours, nnx.state(oracle, nnx.Param))
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 37, 32))
+  got = ours(x, is_causal=True, q_segment_ids=ids)
+  want = jflash.nn.FlashSelfAttention(**kwargs, attention_fn=oracle_fn, rngs=nnx.Rngs(0))
+  nnx.update(want, nnx.state(oracle, nnx.Param))
+  expected = want(x, is_causal=True, q_segment_ids=ids)
+  assert_within_criterion("out", max_err(got, expected), 0.0)
+  # Without the ids the result differs: they were not dropped on the way.
+  assert max_err(ours(x, is_causal=True), expected) > 1e-3
+
+
+def test_attention_fn_forwards_variants_over_several_batch_dims():
+  q = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 17, 4, 8))
+  ids = jnp.asarray(np.arange(17) // 5, jnp.int32)[None, None].repeat(2, 0).repeat(3, 1)
+  lengths = jnp.full((2, 3), 15, jnp.int32)
+  got = jflash.nn.attention_fn(q, q, q, q_segment_ids=ids, query_seq_lengths=lengths,
+                               implementation="xla")
+  flat = q.reshape(6, 17, 4, 8)
+  want, _ = dense_attention(flat, flat, flat, scale=8 ** -0.5, q_segment_ids=ids.reshape(6, 17),
+                            query_seq_lengths=lengths.reshape(6))
+  assert_within_criterion("out", max_err(got.reshape(6, 17, 4, 8), want), 0.0)

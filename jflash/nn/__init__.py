@@ -39,7 +39,10 @@ def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: boo
                  promote_dtype=nnx_dtypes.promote_dtype, is_causal: bool = False,
                  force_fp32_for_softmax: bool = False, qk_attn_weights_einsum=None,
                  attn_weights_value_einsum=None, input_positions=None, *,
-                 implementation: str | None = None, config: jflash.AttentionConfig | None = None):
+                 query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
+                 q_segment_ids=None, kv_segment_ids=None, q_offset=0, logits_soft_cap=None,
+                 alibi_slopes=None, implementation: str | None = None,
+                 config: jflash.AttentionConfig | None = None):
   """FlashAttention with the signature of Flax's ``dot_product_attention``.
 
   Pass it as ``attention_fn=jflash.nn.attention_fn`` to ``nnx.MultiHeadAttention`` or
@@ -71,6 +74,10 @@ def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: boo
     qk_attn_weights_einsum, attn_weights_value_einsum: must be None (quantised einsums).
     input_positions: must be None; use :class:`FlashSelfAttention` with `rope_theta`
       (and its `positions`).
+    query_seq_lengths, key_value_seq_lengths, local_window_size, q_segment_ids,
+    kv_segment_ids, q_offset, logits_soft_cap, alibi_slopes: the variants of
+      :func:`jflash.attention`, forwarded (with several leading batch dims, their batch
+      dims are flattened like q's).
     implementation, config: forwarded to :func:`jflash.attention`.
 
   Returns:
@@ -131,8 +138,13 @@ def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: boo
     if bad:
       raise NotImplementedError(f"jflash.nn.attention_fn: {name}: {reasons[name]}")
   query, key, value = promote_dtype((query, key, value), dtype=dtype)
-  return _attention_any_batch(query, key, value, is_causal=is_causal,
-                              implementation=implementation, config=config)
+  return _attention_any_batch(
+      query, key, value, is_causal=is_causal, implementation=implementation, config=config,
+      local_window_size=local_window_size, logits_soft_cap=logits_soft_cap,
+      batched=dict(query_seq_lengths=query_seq_lengths,
+                   key_value_seq_lengths=key_value_seq_lengths, q_segment_ids=q_segment_ids,
+                   kv_segment_ids=kv_segment_ids, q_offset=q_offset,
+                   alibi_slopes=alibi_slopes))
 
 
 _NO_KV_CACHE = (
@@ -144,13 +156,24 @@ _NO_KV_CACHE = (
 _flash_attention_fn = attention_fn  # the default of FlashSelfAttention(attention_fn=...)
 
 
-def _attention_any_batch(q, k, v, **kwargs):
-  """jflash.attention over any number of leading batch dims (Flax allows several)."""
+def _attention_any_batch(q, k, v, *, batched, **kwargs):
+  """jflash.attention over any number of leading batch dims (Flax allows several).
+
+  `batched` holds the per-batch operands: arrays whose leading dims are q's batch dims
+  are flattened with them; anything else (None, an int q_offset, [N] slopes) passes as is.
+  """
   if q.ndim <= 4:
-    return jflash.attention(q, k, v, **kwargs)
+    return jflash.attention(q, k, v, **kwargs, **batched)
   batch = q.shape[:-3]
   flat = lambda x: x.reshape(math.prod(x.shape[:-3]), *x.shape[-3:])
-  out = jflash.attention(flat(q), flat(k), flat(v), **kwargs)
+
+  def flat_operand(x):
+    if hasattr(x, "shape") and tuple(x.shape[:len(batch)]) == batch:
+      return x.reshape(math.prod(batch), *x.shape[len(batch):])
+    return x
+
+  out = jflash.attention(flat(q), flat(k), flat(v), **kwargs,
+                         **{name: flat_operand(x) for name, x in batched.items()})
   return out.reshape(*batch, *out.shape[1:])
 
 
@@ -237,6 +260,9 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
     rope_theta: if not None, apply rotary position embedding with this base to q and k
       before the attention (H must be even); self-attention only: a call with
       cross-attention raises ``NotImplementedError``.
+    local_window_size, logits_soft_cap: passed to the default `attention_fn` (see
+      :func:`jflash.attention`): a sliding window ``(left, right)`` (or an int for both
+      sides), and Gemma-2-style soft-capping of the logits.
     implementation, config: forwarded to :func:`jflash.attention`.
 
   Raises:
@@ -271,7 +297,8 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
                out_bias_metadata: Mapping[str, Any] = MappingProxyType({}),
                query_ln_scale_metadata: Mapping[str, Any] = MappingProxyType({}),
                key_ln_scale_metadata: Mapping[str, Any] = MappingProxyType({}),
-               rope_theta: float | None = None, implementation: str | None = None,
+               rope_theta: float | None = None, local_window_size=None,
+               logits_soft_cap: float | None = None, implementation: str | None = None,
                config: jflash.AttentionConfig | None = None):
     if decode:
       raise NotImplementedError(f"FlashSelfAttention(decode=True): {_NO_KV_CACHE}")
@@ -282,7 +309,8 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
         kernel_init=kernel_init, out_kernel_init=out_kernel_init, bias_init=bias_init,
         out_bias_init=out_bias_init, use_bias=use_bias,
         attention_fn=attention_fn or functools.partial(
-            _flash_attention_fn, implementation=implementation, config=config),
+            _flash_attention_fn, implementation=implementation, config=config,
+            local_window_size=local_window_size, logits_soft_cap=logits_soft_cap),
         decode=False, normalize_qk=normalize_qk, qkv_promote_dtype=qkv_promote_dtype,
         out_promote_dtype=out_promote_dtype, ln_promote_dtype=ln_promote_dtype,
         qkv_dot_general=qkv_dot_general, out_dot_general=out_dot_general,
@@ -297,7 +325,8 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
   def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, mask=None, deterministic=None,
                rngs=None, sow_weights: bool = False, decode: bool | None = None,
                is_causal: bool = False, out_sharding=None, qkv_sharding=None,
-               input_positions=None, positions=None):
+               input_positions=None, positions=None, q_segment_ids=None,
+               kv_segment_ids=None):
     """Multi-head attention of `inputs_q` over `inputs_k`/`inputs_v` (self-attention by default).
 
     Args:
@@ -319,6 +348,10 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
         the default `attention_fn` refuses them: use `rope_theta` and `positions`.
       positions: [T] or [batch..., T] RoPE positions of the queries and keys (default
         0..T-1); only with `rope_theta`.
+      q_segment_ids, kv_segment_ids: integer [batch..., T] and [batch..., S] segment ids
+        for packed sequences (a query attends only to keys with its id; the keys default
+        to the queries' ids). With packing, give `positions` that restart per document
+        if RoPE should.
 
     Returns:
       [batch..., T, out_features].
@@ -385,10 +418,15 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
     flax_kwargs = dict(mask=None, dropout_rng=None, dropout_rate=self.dropout_rate,
                        broadcast_dropout=self.broadcast_dropout, deterministic=True,
                        dtype=self.dtype, precision=self.precision, module=None)
+    always = ["input_positions"]
     if input_positions is not None:
       flax_kwargs["input_positions"] = input_positions
+    for name, ids in (("q_segment_ids", q_segment_ids), ("kv_segment_ids", kv_segment_ids)):
+      if ids is not None:  # passed even to an attention_fn that does not take them
+        flax_kwargs[name] = ids
+        always.append(name)
     y = _call_attention_fn(self.attention_fn, q, k, v, is_causal=is_causal,
-                           always=("input_positions",), **flax_kwargs)
+                           always=tuple(always), **flax_kwargs)
     return self.out(y, out_sharding=out_sharding)
 
   def init_cache(self, input_shape, dtype=jnp.float32):

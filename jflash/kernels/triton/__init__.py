@@ -45,14 +45,16 @@ class TritonBackend(backends.Backend):
   def check_config(self, config, problem, device):
     check_fits(config, problem.head_dim, problem.dtype, _capability(device))
 
-  def forward(self, q, k, v, *, scale, spec, config, interpret):
+  def forward(self, q, k, v, operands, *, scale, spec, score_mod, config, interpret):
     from jflash.kernels.triton import forward as kernels  # pylint: disable=g-import-not-at-top
-    return kernels.forward(q, k, v, scale=scale, spec=spec, config=config, interpret=interpret)
+    return kernels.forward(q, k, v, operands, scale=scale, spec=spec, score_mod=score_mod,
+                           config=config, interpret=interpret)
 
-  def backward(self, q, k, v, lse, delta, do, *, scale, spec, config, interpret):
+  def backward(self, q, k, v, operands, lse, delta, do, *, scale, spec, score_mod, config,
+               interpret):
     from jflash.kernels.triton import backward as kernels  # pylint: disable=g-import-not-at-top
-    return kernels.backward(q, k, v, lse, delta, do, scale=scale, spec=spec, config=config,
-                             interpret=interpret)
+    return kernels.backward(q, k, v, operands, lse, delta, do, scale=scale, spec=spec,
+                            score_mod=score_mod, config=config, interpret=interpret)
 
 
 def _capability(device) -> tuple[int, int]:

@@ -26,28 +26,51 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jflash.kernels.triton import common
-from jflash.masks import MaskSpec, fold_tiles
+from jflash import masks
+from jflash.backends import Operands
+from jflash.kernels.triton import common, variants
 from jflash.kernels.triton.config import TritonConfig, padded_head_dim
+from jflash.masks import MaskSpec
+from jflash.scores import ScoreMod
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *,
-                scale: float, spec: MaskSpec, block_q: int, block_kv: int, head_dim: int,
-                groups: int):
+def _scores(s, *, scale, score_mod, q_pos, kv_pos, slope):
+  """(x, scale_of_x, dz/ds): what common.probabilities takes, and the soft-cap factor.
+
+  Without a score modification x is the raw q.k (scaled inside `probabilities`); with
+  one, x is the logits z (already scaled).
+  """
+  if not score_mod.active:
+    return s, scale, None
+  z, dz_ds = score_mod.logits(s * scale, q_pos=q_pos, kv_pos=kv_pos, slope=slope,
+                              with_grad=True)
+  return z, 1.0, dz_ds
+
+
+def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: float,
+                spec: MaskSpec, score_mod: ScoreMod, names: tuple[str, ...], block_q: int,
+                block_kv: int, head_dim: int, groups: int):
   # q_ref, do_ref: [T, G, Hp]; k_ref, v_ref, dk_ref, dv_ref: [block_kv, Hp];
-  # lse_ref (common.lse_operand), delta_ref: [G, T]
-  kv_start = pl.program_id(0) * block_kv
+  # lse_ref (common.lse_operand), delta_ref: [G, T]; q_seg [T], kv_seg [block_kv].
+  *extra_refs, dk_ref, dv_ref = refs
+  ex = variants.unpack(extra_refs, names)
+  j, b, kv_head = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  pos = ex.positions(spec, b)
+  kv_start = j * block_kv
   h_pad = k_ref.shape[-1]
   cols = common.head_mask(head_dim, h_pad)
   kv_pos = kv_start + jnp.arange(block_kv)
-  kv_rows = (kv_pos < spec.kv_len)[:, None] if spec.kv_len % block_kv else None
+  kv_in = kv_pos < spec.kv_len if spec.kv_len % block_kv else None
+  kv_rows = None if kv_in is None else kv_in[:, None]
   q_ragged = spec.q_len % block_q != 0
   precision = common.dot_precision(k_ref.dtype)
   k = common.load(k_ref, kv_rows, cols)
   v = common.load(v_ref, kv_rows, cols)
-  tiles = spec.q_tiles(kv_start, block_kv, block_q)
+  kv_seg = common.load(ex.kv_seg, kv_in, other=-2) if spec.segment_ids else None
 
   def one_head(g, carry):
+    slope = ex.slopes[b, kv_head * groups + g] if score_mod.alibi else None
+
     def body(i, carry, masked):
       dk, dv = carry
       q_start = i * block_q
@@ -61,16 +84,28 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
       lse = common.load(lse_ref.at[g, q_slice], in_range, other=jnp.inf)
       delta = common.load(delta_ref.at[g, q_slice], in_range)
       s_t = plgpu.dot(k, q, trans_b=True, precision=precision)  # [block_kv, block_q]
-      p_t = common.probabilities(s_t, lse[None, :], scale, q_ref.dtype)
+      x_t, x_scale, dz_ds = _scores(s_t, scale=scale, score_mod=score_mod,
+                                    q_pos=(q_pos + pos.offset)[None, :],
+                                    kv_pos=kv_pos[:, None], slope=slope)
+      p_t = common.probabilities(x_t, lse[None, :], x_scale, q_ref.dtype)
       if masked:
-        p_t = jnp.where(spec.visible(q_pos[None, :], kv_pos[:, None]), p_t, 0.0)
+        vis = spec.visible(q_pos[None, :], kv_pos[:, None], pos)
+        if kv_seg is not None:
+          q_seg = common.load(ex.q_seg.at[q_slice], in_range, other=-1)
+          vis = vis & masks.segment_visible(kv_seg, q_seg)
+        p_t = jnp.where(vis, p_t, 0.0)
       dv = dv + plgpu.dot(p_t.astype(do.dtype), do, precision=precision)
       dp_t = plgpu.dot(v, do, trans_b=True, precision=precision)
       ds_t = p_t * (dp_t - delta[None, :])
+      if dz_ds is not None:
+        ds_t = ds_t * dz_ds
       dk = dk + plgpu.dot(ds_t.astype(q.dtype), q, precision=precision)
       return dk, dv
 
-    return fold_tiles(tiles, body, carry)
+    if spec.uses_tile_lists:
+      return masks.fold_tile_list(
+          ex.count[b, j], lambda t: (ex.index[b, j, t], ex.full[b, j, t]), body, carry)
+    return masks.fold_tiles(spec.q_tiles(kv_start, block_kv, block_q, pos), body, carry)
 
   zeros = jnp.zeros((block_kv, h_pad), jnp.float32)
   if groups == 1:
@@ -81,10 +116,16 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
   common.store(dv_ref, dv.astype(dv_ref.dtype), kv_rows, cols)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *, scale: float,
-               spec: MaskSpec, block_q: int, block_kv: int, head_dim: int, num_q_tiles: int):
-  # q_ref, do_ref, dq_ref: [block_q, Hp]; k_ref, v_ref: [S, Hp]; lse_ref, delta_ref: [block_q]
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: float,
+               spec: MaskSpec, score_mod: ScoreMod, names: tuple[str, ...], block_q: int,
+               block_kv: int, head_dim: int, num_q_tiles: int):
+  # q_ref, do_ref, dq_ref: [block_q, Hp]; k_ref, v_ref: [S, Hp]; lse_ref, delta_ref:
+  # [block_q]; q_seg [block_q], kv_seg [S].
+  *extra_refs, dq_ref = refs
+  ex = variants.unpack(extra_refs, names)
   i = common.q_tile_index(pl.program_id(0), num_q_tiles, spec.is_causal)
+  b, head = pl.program_id(1), pl.program_id(2)
+  pos = ex.positions(spec, b)
   q_start = i * block_q
   h_pad = q_ref.shape[-1]
   cols = common.head_mask(head_dim, h_pad)
@@ -97,36 +138,53 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *, scale
   do = common.load(do_ref, q_rows, cols)
   lse = common.load(lse_ref, in_range, other=jnp.inf)
   delta = common.load(delta_ref, in_range)
+  q_seg = common.load(ex.q_seg, in_range, other=-1) if spec.segment_ids else None
+  slope = ex.slopes[b, head] if score_mod.alibi else None
 
   def body(j, dq, masked):
     kv_start = j * block_kv
     kv_slice = pl.ds(pl.multiple_of(kv_start, block_kv), block_kv)
     kv_pos = kv_start + jnp.arange(block_kv)
-    kv_rows = (kv_pos < spec.kv_len)[:, None] if masked and kv_ragged else None
+    kv_in = kv_pos < spec.kv_len if masked and kv_ragged else None
+    kv_rows = None if kv_in is None else kv_in[:, None]
     k = common.load(k_ref.at[kv_slice, :], kv_rows, cols)
     v = common.load(v_ref.at[kv_slice, :], kv_rows, cols)
     s = plgpu.dot(q, k, trans_b=True, precision=precision)  # [block_q, block_kv]
-    p = common.probabilities(s, lse[:, None], scale, q_ref.dtype)
+    x, x_scale, dz_ds = _scores(s, scale=scale, score_mod=score_mod,
+                                q_pos=(q_pos + pos.offset)[:, None], kv_pos=kv_pos[None, :],
+                                slope=slope)
+    p = common.probabilities(x, lse[:, None], x_scale, q_ref.dtype)
     if masked:
-      p = jnp.where(spec.visible(q_pos[:, None], kv_pos[None, :]), p, 0.0)
+      vis = spec.visible(q_pos[:, None], kv_pos[None, :], pos)
+      if q_seg is not None:
+        vis = vis & masks.segment_visible(q_seg, common.load(ex.kv_seg.at[kv_slice], kv_in, other=-2))
+      p = jnp.where(vis, p, 0.0)
     dp = plgpu.dot(do, v, trans_b=True, precision=precision)
     ds = p * (dp - delta[:, None])
+    if dz_ds is not None:
+      ds = ds * dz_ds
     return dq + plgpu.dot(ds.astype(k.dtype), k, precision=precision)
 
-  dq = fold_tiles(spec.kv_tiles(q_start, block_q, block_kv), body,
-                  jnp.zeros((block_q, h_pad), jnp.float32))
+  init = jnp.zeros((block_q, h_pad), jnp.float32)
+  if spec.uses_tile_lists:
+    dq = masks.fold_tile_list(
+        ex.count[b, i], lambda t: (ex.index[b, i, t], ex.full[b, i, t]), body, init)
+  else:
+    dq = masks.fold_tiles(spec.kv_tiles(q_start, block_q, block_kv, pos), body, init)
   common.store(dq_ref, (dq * scale).astype(dq_ref.dtype), q_rows, cols)
 
 
-def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, config: TritonConfig,
-             interpret: bool = False):
+def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec: MaskSpec,
+             score_mod: ScoreMod, config: TritonConfig, interpret: bool = False):
   """Attention backward pass on the GPU (or Pallas interpret mode).
 
   Args:
     q: [B, T, N, H]; k, v: [B, S, K, H]; do: [B, T, N, H] (dL/dout), one dtype.
-    lse: [B, T, N] float32 natural-log softmax normaliser from the forward pass.
+    operands: the runtime operands of the variants.
+    lse: [B, T, N] float32 natural-log softmax normaliser from the forward pass, +inf on
+      rows that see no key.
     delta: [B, T, N] float32, rowsum(do * out) minus dL/dlse.
-    scale, spec: as in the forward pass.
+    scale, spec, score_mod: as in the forward pass.
     config: the `*_dkv` and `*_dq` fields are used.
     interpret: run the kernels in Pallas interpret mode (CPU).
 
@@ -147,18 +205,23 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, config: T
   grouped_rows = pl.BlockSpec((None, t, groups, h_pad), lambda j, bi, ki: (bi, 0, ki, 0))
   kv_tile = pl.BlockSpec((None, block_kv, None, h_pad), lambda j, bi, ki: (bi, j, ki, 0))
   grouped_stats = pl.BlockSpec((None, groups, t), lambda j, bi, ki: (bi, ki, 0))
+  extras, extra_specs, names = variants.inputs(
+      spec, score_mod, operands, block_q=block_q, block_kv=block_kv, transpose=True,
+      q_seg_spec=pl.BlockSpec((None, t), lambda j, bi, ki: (bi, 0)),
+      kv_seg_spec=pl.BlockSpec((None, block_kv), lambda j, bi, ki: (bi, j)))
   dk, dv = pl.pallas_call(
-      functools.partial(_dkv_kernel, scale=scale, spec=spec, block_q=block_q,
-                        block_kv=block_kv, head_dim=h, groups=groups),
+      functools.partial(_dkv_kernel, scale=scale, spec=spec, score_mod=score_mod, names=names,
+                        block_q=block_q, block_kv=block_kv, head_dim=h, groups=groups),
       grid=(common.cdiv(s_len, block_kv), b, kv_heads),
-      in_specs=[grouped_rows, kv_tile, kv_tile, grouped_rows, grouped_stats, grouped_stats],
+      in_specs=[grouped_rows, kv_tile, kv_tile, grouped_rows, grouped_stats, grouped_stats,
+                *extra_specs],
       out_specs=[kv_tile, kv_tile],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       compiler_params=plgpu.CompilerParams(num_warps=config.num_warps_dkv,
                                            num_stages=config.num_stages_dkv),
       interpret=interpret,
       name="jflash_bwd_dkv",
-  )(q, k, v, do, lse2, delta)
+  )(q, k, v, do, lse2, delta, *extras)
 
   block_q = common.tile_size(config.block_q_dq, t)
   block_kv = common.tile_size(config.block_kv_dq, s_len)
@@ -171,16 +234,21 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, config: T
   kv_rows = pl.BlockSpec((None, s_len, None, h_pad),
                          lambda i, bi, ni: (bi, 0, lax.div(ni, np.int32(groups)), 0))
   stats = pl.BlockSpec((None, None, block_q), lambda i, bi, ni: (bi, ni, q_block(i, bi, ni)[1]))
+  extras, extra_specs, names = variants.inputs(
+      spec, score_mod, operands, block_q=block_q, block_kv=block_kv,
+      q_seg_spec=pl.BlockSpec((None, block_q), lambda i, bi, ni: q_block(i, bi, ni)[:2]),
+      kv_seg_spec=pl.BlockSpec((None, s_len), lambda i, bi, ni: (bi, 0)))
   dq = pl.pallas_call(
-      functools.partial(_dq_kernel, scale=scale, spec=spec, block_q=block_q,
-                        block_kv=block_kv, head_dim=h, num_q_tiles=num_q_tiles),
+      functools.partial(_dq_kernel, scale=scale, spec=spec, score_mod=score_mod, names=names,
+                        block_q=block_q, block_kv=block_kv, head_dim=h,
+                        num_q_tiles=num_q_tiles),
       grid=(num_q_tiles, b, n),
-      in_specs=[q_tile, kv_rows, kv_rows, q_tile, stats, stats],
+      in_specs=[q_tile, kv_rows, kv_rows, q_tile, stats, stats, *extra_specs],
       out_specs=q_tile,
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
       compiler_params=plgpu.CompilerParams(num_warps=config.num_warps_dq,
                                            num_stages=config.num_stages_dq),
       interpret=interpret,
       name="jflash_bwd_dq",
-  )(q, k, v, do, lse2, delta)
+  )(q, k, v, do, lse2, delta, *extras)
   return dq, dk, dv

@@ -64,6 +64,11 @@ def q_tile_index(program, num_q_tiles: int, is_causal: bool):
 
 
 
+def exp2(x, c: float):
+  """2 ** (x * c), without the multiply when c is 1."""
+  return jnp.exp2(x if c == 1.0 else x * c)
+
+
 def lse_operand(lse, dtype):
   """The forward's natural-log lse in the form `probabilities` takes for inputs of `dtype`."""
   return lse if jnp.dtype(dtype) == jnp.float32 else lse * LOG2E

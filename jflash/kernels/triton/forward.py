@@ -19,43 +19,64 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jflash.kernels.triton import common
-from jflash.masks import MaskSpec, fold_tiles
+from jflash import masks
+from jflash.backends import Operands
+from jflash.kernels.triton import common, variants
 from jflash.kernels.triton.config import TritonConfig, padded_head_dim
+from jflash.masks import MaskSpec
+from jflash.scores import ScoreMod
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale: float, spec: MaskSpec,
-                    block_q: int, block_kv: int, head_dim: int, num_q_tiles: int):
-  # q_ref, o_ref: [block_q, Hp]; k_ref, v_ref: [S, Hp]; lse_ref: [block_q]
+def _forward_kernel(q_ref, k_ref, v_ref, *refs, scale: float, spec: MaskSpec,
+                    score_mod: ScoreMod, names: tuple[str, ...], block_q: int, block_kv: int,
+                    head_dim: int, num_q_tiles: int):
+  # q_ref, o_ref: [block_q, Hp]; k_ref, v_ref: [S, Hp]; lse_ref: [block_q]; extras: see
+  # variants.py (q_seg_ref [block_q], kv_seg_ref [S]).
+  *extra_refs, o_ref, lse_ref = refs
+  ex = variants.unpack(extra_refs, names)
   i = common.q_tile_index(pl.program_id(0), num_q_tiles, spec.is_causal)
+  b, head = pl.program_id(1), pl.program_id(2)
+  pos = ex.positions(spec, b)
   q_start = i * block_q
   cols = common.head_mask(head_dim, q_ref.shape[-1])
   q_pos = q_start + jnp.arange(block_q)
-  q_rows = (q_pos < spec.q_len)[:, None] if spec.q_len % block_q else None
+  in_range = q_pos < spec.q_len if spec.q_len % block_q else None
+  q_rows = None if in_range is None else in_range[:, None]
   kv_ragged = spec.kv_len % block_kv != 0
   precision = common.dot_precision(q_ref.dtype)
-  c = scale * common.LOG2E  # scores -> base-2 exponents
+  # Logits in base 2: without a score modification, the raw scores times c (folded
+  # into the exponent, as in Triton's fused-attention tutorial); with one, z log2(e).
+  c = scale * common.LOG2E if not score_mod.active else 1.0
   # float32 inputs pay one extra multiply per score for exact normalisation; 16-bit
   # inputs are dominated by their own rounding and take the fused form.
   exact_max = q_ref.dtype == jnp.float32
   q = common.load(q_ref, q_rows, cols)
+  q_seg = common.load(ex.q_seg, in_range, other=-1) if spec.segment_ids else None
+  slope = ex.slopes[b, head] if score_mod.alibi else None
 
   def body(j, carry, masked):
     acc, m, l = carry
     kv_start = j * block_kv
     kv_slice = pl.ds(pl.multiple_of(kv_start, block_kv), block_kv)
     kv_pos = kv_start + jnp.arange(block_kv)
-    kv_rows = (kv_pos < spec.kv_len)[:, None] if masked and kv_ragged else None
+    kv_in = kv_pos < spec.kv_len if masked and kv_ragged else None
+    kv_rows = None if kv_in is None else kv_in[:, None]
     k = common.load(k_ref.at[kv_slice, :], kv_rows, cols)
     s = plgpu.dot(q, k, trans_b=True, precision=precision)  # [block_q, block_kv] fp32
+    if score_mod.active:
+      s = score_mod.logits(s * scale, q_pos=(q_pos + pos.offset)[:, None],
+                           kv_pos=kv_pos[None, :], slope=slope) * common.LOG2E
     if masked:
-      s = jnp.where(spec.visible(q_pos[:, None], kv_pos[None, :]), s, -jnp.inf)
+      vis = spec.visible(q_pos[:, None], kv_pos[None, :], pos)
+      if q_seg is not None:
+        vis = vis & masks.segment_visible(q_seg, common.load(ex.kv_seg.at[kv_slice], kv_in, other=-2))
+      s = jnp.where(vis, s, -jnp.inf)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.
     m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
-    alpha = jnp.exp2((m - m_use) * c)
-    if exact_max:  # exp2(0) = 1 exactly at the row max: O is exact when one key dominates
-      p = jnp.exp2((s - m_use[:, None]) * c)
+    alpha = common.exp2((m - m_use), c)
+    if exact_max or score_mod.active:  # exp2(0) = 1 exactly at the row max
+      p = common.exp2(s - m_use[:, None], c)
     else:  # one FFMA per score, as in FlashAttention-3
       p = jnp.exp2(s * c - (m_use * c)[:, None])
     l = l * alpha + jnp.sum(p, axis=1)
@@ -65,28 +86,39 @@ def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale: float, spec: 
 
   init = (jnp.zeros((block_q, q_ref.shape[-1]), jnp.float32),
           jnp.full((block_q,), -jnp.inf, jnp.float32), jnp.zeros((block_q,), jnp.float32))
-  acc, m, l = fold_tiles(spec.kv_tiles(q_start, block_q, block_kv), body, init)
+  if spec.uses_tile_lists:
+    acc, m, l = masks.fold_tile_list(
+        ex.count[b, i], lambda t: (ex.index[b, i, t], ex.full[b, i, t]), body, init)
+  else:
+    acc, m, l = masks.fold_tiles(spec.kv_tiles(q_start, block_q, block_kv, pos), body, init)
   empty = l == 0.0  # the row saw no key: out = 0, lse = -inf
-  out = acc * (1.0 / jnp.where(empty, 1.0, l))[:, None]
-  lse = jnp.where(empty, -jnp.inf, m * scale + jnp.log2(l) * common.LN2)
+  if spec.q_lengths:  # padding rows too
+    empty = empty | (q_pos >= pos.q_len)
+  out = jnp.where(empty[:, None], 0.0, acc * (1.0 / jnp.where(empty, 1.0, l))[:, None])
+  # m is in units of 1/c base-2 exponents, i.e. (m c) ln 2 = m scale natural units
+  # without a score modification.
+  m_nat = m * common.LN2 if score_mod.active else m * scale
+  lse = jnp.where(empty, -jnp.inf, m_nat + jnp.log2(jnp.where(empty, 1.0, l)) * common.LN2)
   common.store(o_ref, out.astype(o_ref.dtype), q_rows, cols)
-  common.store(lse_ref, lse, None if q_rows is None else q_rows[:, 0])
+  common.store(lse_ref, lse, in_range)
 
 
-def forward(q, k, v, *, scale: float, spec: MaskSpec, config: TritonConfig,
-            interpret: bool = False):
+def forward(q, k, v, operands: Operands, *, scale: float, spec: MaskSpec,
+            score_mod: ScoreMod, config: TritonConfig, interpret: bool = False):
   """Attention forward pass on the GPU (or Pallas interpret mode).
 
   Args:
     q: [B, T, N, H]; k, v: [B, S, K, H]; one dtype (bfloat16, float16 or float32),
       N % K == 0, 1 <= H <= 256.
+    operands: the runtime operands of the variants.
     scale: multiplies q.k before the softmax.
-    spec: the mask (T, S, causality).
+    spec, score_mod: the mask and score modification.
     config: `block_q`, `block_kv`, `num_warps`, `num_stages` are used.
     interpret: run the kernel in Pallas interpret mode (CPU).
 
   Returns:
-    (out [B, T, N, H] in q.dtype, lse [B, T, N] float32, natural log).
+    (out [B, T, N, H] in q.dtype, lse [B, T, N] float32, natural log); a query row
+    that sees no key gets out 0 and lse -inf.
   """
   b, t, n, h = q.shape
   s_len, kv_heads = k.shape[1], k.shape[2]
@@ -102,8 +134,13 @@ def forward(q, k, v, *, scale: float, spec: MaskSpec, config: TritonConfig,
   def kv_block(i, bi, ni):
     return bi, 0, lax.div(ni, np.int32(groups)), 0
 
-  kernel = functools.partial(_forward_kernel, scale=scale, spec=spec, block_q=block_q,
-                             block_kv=block_kv, head_dim=h, num_q_tiles=num_q_tiles)
+  extras, extra_specs, names = variants.inputs(
+      spec, score_mod, operands, block_q=block_q, block_kv=block_kv,
+      q_seg_spec=pl.BlockSpec((None, block_q), lambda i, bi, ni: q_block(i, bi, ni)[:2]),
+      kv_seg_spec=pl.BlockSpec((None, s_len), lambda i, bi, ni: (bi, 0)))
+  kernel = functools.partial(_forward_kernel, scale=scale, spec=spec, score_mod=score_mod,
+                             names=names, block_q=block_q, block_kv=block_kv, head_dim=h,
+                             num_q_tiles=num_q_tiles)
   out, lse = pl.pallas_call(
       kernel,
       grid=(num_q_tiles, b, n),
@@ -111,6 +148,7 @@ def forward(q, k, v, *, scale: float, spec: MaskSpec, config: TritonConfig,
           pl.BlockSpec((None, block_q, None, h_pad), q_block),
           pl.BlockSpec((None, s_len, None, h_pad), kv_block),
           pl.BlockSpec((None, s_len, None, h_pad), kv_block),
+          *extra_specs,
       ],
       out_specs=[
           pl.BlockSpec((None, block_q, None, h_pad), q_block),
@@ -122,5 +160,5 @@ def forward(q, k, v, *, scale: float, spec: MaskSpec, config: TritonConfig,
                                            num_stages=config.num_stages),
       interpret=interpret,
       name="jflash_fwd",
-  )(q, k, v)
+  )(q, k, v, *extras)
   return out, lse

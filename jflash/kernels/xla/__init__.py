@@ -18,15 +18,18 @@ class XlaBackend(backends.Backend):
   def default_config(self, problem, device):
     return XlaConfig()
 
-  def forward(self, q, k, v, *, scale, spec, config, interpret):
+  def forward(self, q, k, v, operands, *, scale, spec, score_mod, config, interpret):
     del interpret  # no Pallas here
     from jflash.kernels.xla import blockwise  # pylint: disable=g-import-not-at-top
-    return blockwise.forward(q, k, v, scale=scale, spec=spec, config=config)
+    return blockwise.forward(q, k, v, operands, scale=scale, spec=spec, score_mod=score_mod,
+                             config=config)
 
-  def backward(self, q, k, v, lse, delta, do, *, scale, spec, config, interpret):
+  def backward(self, q, k, v, operands, lse, delta, do, *, scale, spec, score_mod, config,
+               interpret):
     del interpret
     from jflash.kernels.xla import blockwise  # pylint: disable=g-import-not-at-top
-    return blockwise.backward(q, k, v, lse, delta, do, scale=scale, spec=spec, config=config)
+    return blockwise.backward(q, k, v, operands, lse, delta, do, scale=scale, spec=spec,
+                              score_mod=score_mod, config=config)
 
 
 BACKEND = XlaBackend()

@@ -1,76 +1,170 @@
 """The ``implementation="xla"`` backend: blockwise attention in pure JAX.
 
-`forward` / `backward` follow the FlashAttention-2
-algorithm (Dao 2023, Algorithms 1 and 2) written with `lax.map` over query (or key)
-tiles and `lax.fori_loop` over the tiles they see, so memory stays linear in T and S
-and tiles above the causal diagonal are never computed. It runs wherever XLA does.
+`forward` / `backward` follow the FlashAttention-2 algorithm (Dao 2023, Algorithms 1
+and 2) written with `lax.map` over query (or key) tiles and `lax.fori_loop` over the
+tiles they see, so memory stays linear in T and S and masked-out tiles are never
+computed. All batch elements go through a tile together, so a tile is visited if any
+batch element sees part of it, and run unmasked only if every batch element sees all of
+it. It runs wherever XLA does.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jflash.masks import MaskSpec, fold_tiles
+from jflash import masks
+from jflash.backends import Operands
 from jflash.kernels.xla.config import XlaConfig
+from jflash.masks import MaskSpec, Positions
+from jflash.scores import ScoreMod
 
 
 def _precision(dtype):
   return lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
 
 
-def _pad_to(x, axis: int, size: int):
+def _pad_to(x, axis: int, size: int, value=0):
   pad = size - x.shape[axis]
   if pad == 0:
     return x
   widths = [(0, 0)] * x.ndim
   widths[axis] = (0, pad)
-  return jnp.pad(x, widths)
+  return jnp.pad(x, widths, constant_values=value)
 
 
-def _tiles(spec: MaskSpec, config: XlaConfig):
-  return min(config.block_q, spec.q_len), min(config.block_kv, spec.kv_len)
+class _Call(NamedTuple):
+  """What the tile bodies of one call need besides q, k, v."""
+
+  spec: MaskSpec
+  score_mod: ScoreMod
+  scale: float
+  bq: int
+  bkv: int
+  pos: Positions      # Python ints, or [B, 1, 1, 1, 1] int32 arrays
+  flat: Positions     # Python ints, or [B] int32 arrays
+  q_seg: jax.Array | None   # [B, T'] int32, padded
+  kv_seg: jax.Array | None  # [B, S'] int32, padded
+  slopes: jax.Array | None  # [B, K, G, 1, 1] float32
 
 
-def forward(q, k, v, *, scale: float, spec: MaskSpec, config: XlaConfig):
+def _setup(spec, score_mod, scale, config, operands: Operands, b, kv_heads, groups):
+  bq, bkv = min(config.block_q, spec.q_len), min(config.block_kv, spec.kv_len)
+  nq, nkv = -(-spec.q_len // bq), -(-spec.kv_len // bkv)
+  flat = spec.batch_positions(operands.q_offset, operands.q_lengths, operands.kv_lengths)
+  pos = Positions(*(x if isinstance(x, int) else x.reshape(b, 1, 1, 1, 1) for x in flat))
+  q_seg = kv_seg = slopes = None
+  if spec.segment_ids:
+    q_seg = _pad_to(operands.q_segment_ids, 1, nq * bq, -1)
+    kv_seg = _pad_to(operands.kv_segment_ids, 1, nkv * bkv, -2)
+  if score_mod.alibi:
+    slopes = operands.alibi_slopes.reshape(b, kv_heads, groups, 1, 1)
+  return _Call(spec, score_mod, scale, bq, bkv, pos, flat, q_seg, kv_seg, slopes), nq, nkv
+
+
+def _logits(call: _Call, s, q_idx, kv_idx, masked: bool, with_grad=False):
+  """Scores s [B, K, G, bq, bkv] (raw q.k, fp32) -> logits z, masked to -inf if `masked`.
+
+  q_idx [bq], kv_idx [bkv] are indices. With `with_grad`, also returns dz/ds (or None).
+  """
+  s = s * call.scale
+  qi, kj = q_idx[:, None], kv_idx[None, :]
+  z, dz_ds = s, None
+  if call.score_mod.active:
+    z, dz_ds = call.score_mod.logits(s, q_pos=qi + call.pos.offset, kv_pos=kj,
+                                     slope=call.slopes, with_grad=True)
+  if masked:
+    vis = call.spec.visible(qi, kj, call.pos)
+    if call.q_seg is not None:
+      q_seg = lax.dynamic_slice_in_dim(call.q_seg, q_idx[0], call.bq, axis=1)
+      kv_seg = lax.dynamic_slice_in_dim(call.kv_seg, kv_idx[0], call.bkv, axis=1)
+      vis = vis & (q_seg[:, None, None, :, None] == kv_seg[:, None, None, None, :])
+    z = jnp.where(vis, z, -jnp.inf)
+  return (z, dz_ds) if with_grad else z
+
+
+def _fold(call: _Call, start, transpose: bool, body, carry, lists):
+  """Folds `body` over the tiles of the block row (or column) at `start`."""
+  if lists is not None:
+    count, index, full = lists
+    r = start // (call.bkv if transpose else call.bq)
+    return masks.fold_tile_list(count[r], lambda t: (index[r, t], full[r, t]), body, carry)
+  spec, pos = call.spec, call.pos
+  if transpose:
+    def tiles(p):
+      return spec.q_tiles(start, call.bkv, call.bq, p)
+  else:
+    def tiles(p):
+      return spec.kv_tiles(start, call.bq, call.bkv, p)
+  if not spec.dynamic_positions:
+    return masks.fold_tiles(tiles(pos), body, carry)
+  batch = next(x.shape[0] for x in call.flat if not isinstance(x, int))
+  per_batch = jax.vmap(tiles)(Positions(*(jnp.broadcast_to(x, (batch,)) for x in call.flat)))
+  # One range for the whole batch: visit what any element visits, unmasked only what
+  # every element sees in full.
+  union = masks.TileRange(jnp.min(per_batch.lo), jnp.max(per_batch.full_lo),
+                          jnp.min(per_batch.full_hi), jnp.max(per_batch.hi))
+  return masks.fold_tiles(masks.ordered(*union), body, carry)
+
+
+def _lists(call: _Call, transpose: bool):
+  """The batch's union tile list [R, C] for segment-id calls, else None."""
+  if call.q_seg is None:
+    return None
+  spec = call.spec
+  kind = masks.tile_classes(spec, call.bq, call.bkv, positions=call.flat,
+                            q_segment_ids=call.q_seg[:, :spec.q_len],
+                            kv_segment_ids=call.kv_seg[:, :spec.kv_len], transpose=transpose)
+  union = jnp.where(jnp.any(kind != masks.SKIP, axis=0),
+                    jnp.where(jnp.all(kind == masks.FULL, axis=0), masks.FULL, masks.MASKED),
+                    masks.SKIP)
+  count, index, full = masks.compact(union[None])
+  return count[0], index[0], full[0]
+
+
+def forward(q, k, v, operands: Operands, *, scale: float, spec: MaskSpec,
+            score_mod: ScoreMod, config: XlaConfig):
   """Blockwise forward pass in pure JAX.
 
   Args:
     q: [B, T, N, H]; k, v: [B, S, K, H]; all one float dtype.
+    operands: the runtime operands of the variants.
     scale: multiplies q.k.
-    spec: the mask.
+    spec, score_mod: the mask and score modification.
     config: `block_q` and `block_kv` are the tile sizes.
 
   Returns:
-    (out [B, T, N, H] in q.dtype, lse [B, T, N] float32, natural log).
+    (out [B, T, N, H] in q.dtype, lse [B, T, N] float32, natural log); a query row
+    that sees no key gets out 0 and lse -inf.
   """
   b, t, n, h = q.shape
   kv_heads = k.shape[2]
   g = n // kv_heads
-  bq, bkv = _tiles(spec, config)
-  nq, nkv = -(-t // bq), -(-spec.kv_len // bkv)
+  call, nq, nkv = _setup(spec, score_mod, scale, config, operands, b, kv_heads, g)
+  bq, bkv = call.bq, call.bkv
   prec = _precision(q.dtype)
   q_tiles = _pad_to(q, 1, nq * bq).reshape(b, nq, bq, kv_heads, g, h).swapaxes(0, 1)
   k, v = (_pad_to(x, 1, nkv * bkv) for x in (k, v))
+  lists = _lists(call, transpose=False)
 
   def one_q_tile(args):
     i, qi = args  # qi [B, bq, K, G, H]
-    q_pos = i * bq + jnp.arange(bq)
+    q_idx = i * bq + jnp.arange(bq)
 
     def body(j, carry, masked):
       acc, m, l = carry
       kj = lax.dynamic_slice_in_dim(k, j * bkv, bkv, axis=1)
       vj = lax.dynamic_slice_in_dim(v, j * bkv, bkv, axis=1)
       s = jnp.einsum("bqkgh,bskh->bkgqs", qi, kj, precision=prec,
-                     preferred_element_type=jnp.float32) * scale
-      if masked:
-        vis = spec.visible(q_pos[:, None], j * bkv + jnp.arange(bkv)[None, :])
-        s = jnp.where(vis, s, -jnp.inf)
-      m_new = jnp.maximum(m, s.max(-1))
+                     preferred_element_type=jnp.float32)
+      z = _logits(call, s, q_idx, j * bkv + jnp.arange(bkv), masked)
+      m_new = jnp.maximum(m, z.max(-1))
       m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
       alpha = jnp.exp(m - m_use)
-      p = jnp.exp(s - m_use[..., None])
+      p = jnp.exp(z - m_use[..., None])
       l = l * alpha + p.sum(-1)
       pv = jnp.einsum("bkgqs,bskh->bkgqh", p.astype(v.dtype), vj, precision=prec,
                       preferred_element_type=jnp.float32)
@@ -79,9 +173,12 @@ def forward(q, k, v, *, scale: float, spec: MaskSpec, config: XlaConfig):
     shape = (b, kv_heads, g, bq)
     init = (jnp.zeros(shape + (h,), jnp.float32), jnp.full(shape, -jnp.inf, jnp.float32),
             jnp.zeros(shape, jnp.float32))
-    acc, m, l = fold_tiles(spec.kv_tiles(i * bq, bq, bkv), body, init)
-    out = acc / jnp.where(l == 0, 1.0, l)[..., None]
-    lse = jnp.where(l == 0, -jnp.inf, m + jnp.log(l))
+    acc, m, l = _fold(call, i * bq, False, body, init, lists)
+    empty = l == 0
+    if spec.q_lengths:  # padded query rows: out 0, lse -inf
+      empty = empty | (q_idx >= call.flat.q_len[:, None, None, None])
+    out = jnp.where(empty[..., None], 0.0, acc / jnp.where(empty, 1.0, l)[..., None])
+    lse = jnp.where(empty, -jnp.inf, m + jnp.log(jnp.where(empty, 1.0, l)))
     return out.astype(q.dtype), lse
 
   out, lse = lax.map(one_q_tile, (jnp.arange(nq, dtype=jnp.int32), q_tiles))
@@ -91,14 +188,16 @@ def forward(q, k, v, *, scale: float, spec: MaskSpec, config: XlaConfig):
   return out, lse
 
 
-def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, config: XlaConfig):
+def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec: MaskSpec,
+             score_mod: ScoreMod, config: XlaConfig):
   """Blockwise backward pass in pure JAX, recomputing P from `lse`.
 
   Args:
     q: [B, T, N, H]; k, v: [B, S, K, H]; do: [B, T, N, H] (dL/dout).
-    lse: [B, T, N] float32 from the forward pass.
+    operands: the runtime operands of the variants.
+    lse: [B, T, N] float32 from the forward pass, +inf on rows that see no key.
     delta: [B, T, N] float32, rowsum(do * out) minus dL/dlse.
-    scale, spec: as in the forward pass.
+    scale, spec, score_mod: as in the forward pass.
     config: `block_q` and `block_kv` are the query and key tile sizes.
 
   Returns:
@@ -109,8 +208,8 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, config: X
   b, t, n, h = q.shape
   s_len, kv_heads = k.shape[1], k.shape[2]
   g = n // kv_heads
-  bq, bkv = _tiles(spec, config)
-  nq, nkv = -(-t // bq), -(-s_len // bkv)
+  call, nq, nkv = _setup(spec, score_mod, scale, config, operands, b, kv_heads, g)
+  bq, bkv = call.bq, call.bkv
   prec = _precision(q.dtype)
 
   def grouped(x, size):  # [B, T, N, ...] -> padded [B, T', K, G, ...]
@@ -124,56 +223,56 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, config: X
   deltag = grouped(delta, nq * bq)
   kp, vp = (_pad_to(x, 1, nkv * bkv) for x in (k, v))
 
-  def probs(qi, kj, lse_i, vis):  # -> p [B, K, G, bq, bkv] float32
+  def grads(qi, kj, vj, doi, lse_i, delta_i, q_idx, kv_idx, masked):
+    """(p, ds) [B, K, G, bq, bkv] float32; ds is dL/d(scale * q.k)."""
     s = jnp.einsum("bqkgh,bskh->bkgqs", qi, kj, precision=prec,
-                   preferred_element_type=jnp.float32) * scale
-    p = jnp.exp(s - lse_i.transpose(0, 2, 3, 1)[..., None])
-    return p if vis is None else jnp.where(vis, p, 0.0)
-
-  def dscores(p, doi, vj, delta_i):
+                   preferred_element_type=jnp.float32)
+    z, dz_ds = _logits(call, s, q_idx, kv_idx, masked, with_grad=True)
+    p = jnp.exp(z - lse_i.transpose(0, 2, 3, 1)[..., None])
     dp = jnp.einsum("bqkgh,bskh->bkgqs", doi, vj, precision=prec,
                     preferred_element_type=jnp.float32)
-    return p * (dp - delta_i.transpose(0, 2, 3, 1)[..., None])
+    ds = p * (dp - delta_i.transpose(0, 2, 3, 1)[..., None])
+    return p, ds if dz_ds is None else ds * dz_ds
 
   def tile(x, start, size):
     return lax.dynamic_slice_in_dim(x, start, size, axis=1)
 
+  dq_lists = _lists(call, transpose=False)
+
   def one_q_tile(i):
-    q_pos = i * bq + jnp.arange(bq)
+    q_idx = i * bq + jnp.arange(bq)
     qi, doi = tile(qg, i * bq, bq), tile(dog, i * bq, bq)
     lse_i, delta_i = tile(lseg, i * bq, bq), tile(deltag, i * bq, bq)
 
     def body(j, dq, masked):
       kj, vj = tile(kp, j * bkv, bkv), tile(vp, j * bkv, bkv)
-      vis = spec.visible(q_pos[:, None], j * bkv + jnp.arange(bkv)[None, :]) if masked else None
-      p = probs(qi, kj, lse_i, vis)
-      ds = dscores(p, doi, vj, delta_i)
+      _, ds = grads(qi, kj, vj, doi, lse_i, delta_i, q_idx, j * bkv + jnp.arange(bkv), masked)
       return dq + jnp.einsum("bkgqs,bskh->bqkgh", ds.astype(k.dtype), kj, precision=prec,
                              preferred_element_type=jnp.float32)
 
-    dq = fold_tiles(spec.kv_tiles(i * bq, bq, bkv), body,
-                    jnp.zeros((b, bq, kv_heads, g, h), jnp.float32))
+    dq = _fold(call, i * bq, False, body, jnp.zeros((b, bq, kv_heads, g, h), jnp.float32),
+               dq_lists)
     return (dq * scale).astype(q.dtype)
 
+  dkv_lists = _lists(call, transpose=True)
+
   def one_kv_tile(j):
-    kv_pos = j * bkv + jnp.arange(bkv)
+    kv_idx = j * bkv + jnp.arange(bkv)
     kj, vj = tile(kp, j * bkv, bkv), tile(vp, j * bkv, bkv)
 
     def body(i, carry, masked):
       dk, dv = carry
       qi, doi = tile(qg, i * bq, bq), tile(dog, i * bq, bq)
       lse_i, delta_i = tile(lseg, i * bq, bq), tile(deltag, i * bq, bq)
-      vis = spec.visible(i * bq + jnp.arange(bq)[:, None], kv_pos[None, :]) if masked else None
-      p = probs(qi, kj, lse_i, vis)
+      p, ds = grads(qi, kj, vj, doi, lse_i, delta_i, i * bq + jnp.arange(bq), kv_idx, masked)
       dv = dv + jnp.einsum("bkgqs,bqkgh->bskh", p.astype(do.dtype), doi, precision=prec,
                            preferred_element_type=jnp.float32)
-      ds = dscores(p, doi, vj, delta_i)
       dk = dk + jnp.einsum("bkgqs,bqkgh->bskh", ds.astype(q.dtype), qi, precision=prec,
                            preferred_element_type=jnp.float32)
       return dk, dv
 
     zeros = jnp.zeros((b, bkv, kv_heads, h), jnp.float32)
-    dk, dv = fold_tiles(spec.q_tiles(j * bkv, bkv, bq), body, (zeros, zeros))
+    dk, dv = _fold(call, j * bkv, True, body, (zeros, zeros), dkv_lists)
     return (dk * scale).astype(k.dtype), dv.astype(v.dtype)
 
   dq = lax.map(one_q_tile, jnp.arange(nq, dtype=jnp.int32))  # [nq, B, bq, K, G, H]
