@@ -227,8 +227,9 @@ def _parameters(fn):
 
 
 @pytest.mark.parametrize("method, extras", [
-    ("__init__", {"rope_theta", "implementation", "config"}),
-    ("__call__", {"positions"}),
+    ("__init__", {"rope_theta", "local_window_size", "logits_soft_cap", "implementation",
+                  "config"}),
+    ("__call__", {"positions", "q_segment_ids", "kv_segment_ids"}),
 ])
 def test_nnx_takes_every_argument_of_multi_head_attention(method, extras):
   parent = _parameters(getattr(nnx.MultiHeadAttention, method))

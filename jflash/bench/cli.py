@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
                  help="T for the B=1 memory sweep (none: skip it)")
   p.add_argument("--no-block-sweep", action="store_true")
   p.add_argument("--no-gqa", action="store_true", help="skip the grouped-query case")
+  p.add_argument("--variants", action="store_true",
+                 help="time the attention variants (windows, packing, padding, soft-cap, "
+                      "ALiBi) at T=16k instead of the grid (see jflash/bench/variants.py)")
   p.add_argument("--tune", nargs="?", const="all", choices=["all", "fwd"],
                  help="only time block-size candidates: per kernel of fwd+bwd (all), "
                  "or forward only next to Pallas mha (fwd)")
@@ -95,6 +98,11 @@ def main(argv=None) -> int:
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from jax.experimental.pallas.ops.gpu import attention as _  # pylint: disable=g-import-not-at-top,unused-import
+
+  if args.variants:
+    from jflash.bench import variants  # pylint: disable=g-import-not-at-top
+    variants.run(out, timer, iterations)
+    return 0
 
   if args.tune:
     tune_rows = []

@@ -116,7 +116,7 @@ class FlashSelfAttention(nn.Module):
     if self.rope_theta is not None:
       q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
     y = _attention_any_batch(q, k, v, is_causal=is_causal, implementation=self.implementation,
-                             config=self.config)
+                             config=self.config, batched={})
     return nn.DenseGeneral(
         features=features, axis=(-2, -1), kernel_init=self.out_kernel_init or self.kernel_init,
         bias_init=self.out_bias_init or self.bias_init, use_bias=self.use_bias, dtype=self.dtype,
