@@ -91,14 +91,15 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, scale: float, spec: MaskSpec,
         ex.count[b, i], lambda t: (ex.index[b, i, t], ex.full[b, i, t]), body, init)
   else:
     acc, m, l = masks.fold_tiles(spec.kv_tiles(q_start, block_q, block_kv, pos), body, init)
-  empty = l == 0.0  # the row saw no key: out = 0, lse = -inf
-  if spec.q_lengths:  # padding rows too
+  empty = l == 0.0  # the row saw no key: out = 0 (acc is 0), lse = -inf
+  if spec.q_lengths:  # padding rows, whose acc holds what they saw in full tiles
     empty = empty | (q_pos >= pos.q_len)
-  out = jnp.where(empty[:, None], 0.0, acc * (1.0 / jnp.where(empty, 1.0, l))[:, None])
+    acc = jnp.where(empty[:, None], 0.0, acc)
+  out = acc * (1.0 / jnp.where(empty, 1.0, l))[:, None]
   # m is in units of 1/c base-2 exponents, i.e. (m c) ln 2 = m scale natural units
   # without a score modification.
   m_nat = m * common.LN2 if score_mod.active else m * scale
-  lse = jnp.where(empty, -jnp.inf, m_nat + jnp.log2(jnp.where(empty, 1.0, l)) * common.LN2)
+  lse = jnp.where(empty, -jnp.inf, m_nat + jnp.log2(l) * common.LN2)
   common.store(o_ref, out.astype(o_ref.dtype), q_rows, cols)
   common.store(lse_ref, lse, in_range)
 
