@@ -157,7 +157,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: fl
     if masked:
       vis = spec.visible(q_pos[:, None], kv_pos[None, :], pos)
       if q_seg is not None:
-        vis = vis & masks.segment_visible(q_seg, common.load(ex.kv_seg.at[kv_slice], kv_in, other=-2))
+        kv_seg = common.load(ex.kv_seg.at[kv_slice], kv_in, other=-2)
+        vis = vis & masks.segment_visible(q_seg, kv_seg)
       p = jnp.where(vis, p, 0.0)
     dp = plgpu.dot(do, v, trans_b=True, precision=precision)
     ds = p * (dp - delta[:, None])

@@ -69,7 +69,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, scale: float, spec: MaskSpec,
     if masked:
       vis = spec.visible(q_pos[:, None], kv_pos[None, :], pos)
       if q_seg is not None:
-        vis = vis & masks.segment_visible(q_seg, common.load(ex.kv_seg.at[kv_slice], kv_in, other=-2))
+        kv_seg = common.load(ex.kv_seg.at[kv_slice], kv_in, other=-2)
+        vis = vis & masks.segment_visible(q_seg, kv_seg)
       s = jnp.where(vis, s, -jnp.inf)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.
