@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import numbers
 
 import jax
 # Importing the Pallas fuser registers a config value that is part of JAX's trace
@@ -19,12 +17,11 @@ from jax import lax
 from jax._src.interpreters import ad as _ad
 from jax._src.interpreters import batching as _batching
 
-from jflash import backends, partitioning
+from jflash import backends, checks, partitioning
 from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
 
-_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
-MAX_HEAD_DIM = 256
+MAX_HEAD_DIM = checks.MAX_HEAD_DIM
 
 
 def attention(q, k, v, *, scale=None, is_causal=False, query_seq_lengths=None,
@@ -166,13 +163,13 @@ def attention(q, k, v, *, scale=None, is_causal=False, query_seq_lengths=None,
     (2, 128, 8, 64)
   """
   q, k, v = (x if isinstance(x, jax.Array) else jnp.asarray(x) for x in (q, k, v))
-  unbatched = _check_shapes(q, k, v)
+  unbatched = checks.check_shapes(q, k, v)
   if unbatched:
     q, k, v = q[None], k[None], v[None]
-  dtype = _check_dtypes(q, k, v)
+  dtype = checks.check_dtypes(q, k, v)
   b, t, n, h = q.shape
   s_len = k.shape[1]
-  scale = _check_scale(scale, h)
+  scale = checks.check_scale(scale, h)
   for name, value in (("is_causal", is_causal), ("interpret", interpret),
                       ("return_lse", return_lse)):
     if not isinstance(value, bool):
@@ -180,23 +177,23 @@ def attention(q, k, v, *, scale=None, is_causal=False, query_seq_lengths=None,
   if implementation is not None:
     backends.get(implementation)  # ValueError for an unknown name
   _refuse_forward_mode(q, k, v)
-  batched = functools.partial(_batched_operand, unbatched=unbatched, batch=b)
-  window = _check_window(local_window_size)
-  static_offset, q_offset = _check_offset(q_offset, batched)
-  q_segment_ids, kv_segment_ids = _check_segment_ids(q_segment_ids, kv_segment_ids, t, s_len,
-                                                     batched)
+  batched = functools.partial(checks.batched_operand, unbatched=unbatched, batch=b)
+  window = checks.check_window(local_window_size)
+  static_offset, q_offset = checks.check_offset(q_offset, batched)
+  q_segment_ids, kv_segment_ids = checks.check_segment_ids(q_segment_ids, kv_segment_ids, t,
+                                                            s_len, batched)
   operands = backends.Operands(
       q_offset=q_offset,
       q_lengths=batched("query_seq_lengths", query_seq_lengths, (), jnp.integer),
       kv_lengths=batched("key_value_seq_lengths", key_value_seq_lengths, (), jnp.integer),
       q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
-      alibi_slopes=_check_alibi(alibi_slopes, n, batched))
+      alibi_slopes=checks.check_alibi(alibi_slopes, n, batched))
   spec = MaskSpec(t, s_len, is_causal, window=window, q_offset=static_offset,
                   dynamic_offset=q_offset is not None,
                   q_lengths=operands.q_lengths is not None,
                   kv_lengths=operands.kv_lengths is not None,
                   segment_ids=q_segment_ids is not None)
-  score_mod = ScoreMod(soft_cap=_check_soft_cap(logits_soft_cap),
+  score_mod = ScoreMod(soft_cap=checks.check_soft_cap(logits_soft_cap),
                        alibi=operands.alibi_slopes is not None)
   problem = backends.Problem(b, t, s_len, n, k.shape[2], h, dtype, spec, score_mod)
   static = _Static(plans=_plans(implementation, interpret, config, problem, (q, k, v)),
@@ -359,152 +356,3 @@ def _has_forward_tangent(x) -> bool:
       x = x.val
     else:
       return False
-
-
-def _check_shapes(q, k, v) -> bool:
-  """Validates ranks and sizes; returns True for unbatched inputs."""
-  shapes = f"q.shape={q.shape}, k.shape={k.shape}, v.shape={v.shape}"
-  if not (q.ndim == k.ndim == v.ndim and q.ndim in (3, 4)):
-    raise ValueError(
-        f"q, k, v must all be rank 4 ([B, T, N, H], [B, S, K, H], [B, S, K, H]) or all "
-        f"rank 3 (unbatched); got {shapes}")
-  if k.shape != v.shape:
-    raise ValueError(f"k and v must have the same shape [B, S, K, H]; got {shapes}")
-  if q.shape[:-3] != k.shape[:-3]:
-    raise ValueError(f"q, k, v must have the same batch size B; got {shapes}")
-  t, n, h = q.shape[-3:]
-  s, kv_heads, h_k = k.shape[-3:]
-  if h != h_k:
-    raise ValueError(f"q, k, v must have the same head dim H; got {shapes}")
-  if not 1 <= h <= MAX_HEAD_DIM:
-    raise ValueError(f"head dim H={h} must be in [1, {MAX_HEAD_DIM}]; got {shapes}")
-  if t < 1 or s < 1:
-    raise ValueError(f"sequence lengths T={t} and S={s} must be >= 1; got {shapes}")
-  if kv_heads < 1 or n % kv_heads:
-    raise ValueError(
-        f"query heads N={n} must be a multiple of key/value heads K={kv_heads}; got {shapes}")
-  if q.ndim == 4 and q.shape[0] < 1:
-    raise ValueError(f"batch size B must be >= 1; got {shapes}")
-  return q.ndim == 3
-
-
-def _check_dtypes(q, k, v):
-  dtypes = (q.dtype, k.dtype, v.dtype)
-  if any(d not in _DTYPES for d in dtypes) or len(set(dtypes)) != 1:
-    raise ValueError(
-        "q, k, v must share one dtype among bfloat16, float16, float32; got "
-        f"q.dtype={q.dtype}, k.dtype={k.dtype}, v.dtype={v.dtype}")
-  return jnp.dtype(q.dtype)
-
-
-def _check_scale(scale, head_dim: int) -> float:
-  """The scale as a Python float: a positive finite scalar known at trace time."""
-  if scale is None:
-    return 1.0 / math.sqrt(head_dim)
-  if isinstance(scale, jax.core.Tracer):
-    raise ValueError(
-        f"scale must be known at trace time (jflash compiles it into the kernels), but it "
-        f"is a traced value {scale!r}; pass a Python float, or close over a concrete value "
-        f"instead of passing it through jit/vmap/grad")
-  if isinstance(scale, (bool, np.bool_)) or not isinstance(
-      scale, (numbers.Real, np.ndarray, np.generic, jax.Array)):
-    raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-  if isinstance(scale, (np.ndarray, np.generic, jax.Array)):
-    if np.size(scale) != 1:
-      raise ValueError(f"scale must be a scalar, got an array of shape {np.shape(scale)}")
-    if not jnp.issubdtype(scale.dtype, jnp.floating) and not jnp.issubdtype(
-        scale.dtype, jnp.integer):
-      raise ValueError(f"scale must be a real number, got dtype {scale.dtype}")
-    scale = np.asarray(scale).reshape(())
-  value = float(scale)
-  if not math.isfinite(value) or value <= 0:
-    raise ValueError(f"scale must be a positive finite number, got {value!r}")
-  return value
-
-
-def _batched_operand(name, x, trailing, kind, *, unbatched, batch, broadcast=False):
-  """A runtime operand as a [B, *trailing] array (int32, or float32 for floats), or None.
-
-  Unbatched calls take it without the batch axis; with `broadcast`, batched calls may
-  also give it without the batch axis (the same for every batch element). Raises
-  ValueError naming `name` for a wrong shape or dtype.
-  """
-  if x is None:
-    return None
-  x = x if isinstance(x, jax.Array) else jnp.asarray(x)
-  want = [tuple(trailing) if unbatched else (batch, *trailing)]
-  if broadcast and not unbatched:
-    want.append(tuple(trailing))
-  if (x.shape not in want or not jnp.issubdtype(x.dtype, kind)
-      or jnp.issubdtype(x.dtype, jnp.bool_)):
-    what = "an integer" if kind is jnp.integer else "a floating-point"
-    shapes = " or ".join(str(w) for w in want)
-    raise ValueError(f"{name} must be {what} array of shape {shapes}; got {name}.shape="
-                     f"{x.shape}, {name}.dtype={x.dtype}")
-  x = x.astype(jnp.int32 if kind is jnp.integer else jnp.float32)
-  return x[None] if unbatched else jnp.broadcast_to(x, (batch, *trailing))
-
-
-def _check_window(window):
-  """local_window_size as (left, right), each an int >= 0 or None; or None."""
-  if window is None:
-    return None
-  sides = (window, window) if isinstance(window, (int, np.integer)) else window
-  if (not isinstance(sides, (tuple, list)) or len(sides) != 2
-      or not all(x is None or (isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-                               and x >= 0) for x in sides)):
-    raise ValueError(
-        f"local_window_size must be an int >= 0 or a (left, right) pair of ints >= 0 (or "
-        f"None for an unbounded side); got {window!r}")
-  left, right = (None if x is None else int(x) for x in sides)
-  return None if left is None and right is None else (left, right)
-
-
-def _check_offset(q_offset, batched):
-  """(static offset, runtime [B] int32 operand or None) from `q_offset`.
-
-  A Python int is compiled in; an array (traced or not), of shape [B] or a scalar for
-  every batch element, is a runtime operand.
-  """
-  if isinstance(q_offset, (int, np.integer)) and not isinstance(q_offset, bool):
-    return int(q_offset), None
-  if not isinstance(q_offset, (jax.Array, np.ndarray)):
-    raise ValueError(f"q_offset must be an int or an integer array of shape [B]; got "
-                     f"{q_offset!r}")
-  return 0, batched("q_offset", q_offset, (), jnp.integer, broadcast=True)
-
-
-def _check_segment_ids(q_ids, kv_ids, t, s, batched):
-  if q_ids is None and kv_ids is None:
-    return None, None
-  if q_ids is None:
-    raise ValueError("kv_segment_ids needs q_segment_ids too (a query sees only keys of its "
-                     "own segment)")
-  if kv_ids is None:
-    if t != s:
-      raise ValueError(
-          f"q_segment_ids alone needs T == S (the keys then use the same ids); got T={t}, "
-          f"S={s}: pass kv_segment_ids too")
-    kv_ids = q_ids
-  return (batched("q_segment_ids", q_ids, (t,), jnp.integer),
-          batched("kv_segment_ids", kv_ids, (s,), jnp.integer))
-
-
-def _check_alibi(slopes, n, batched):
-  if slopes is None:
-    return None
-  return batched("alibi_slopes", slopes, (n,), jnp.floating, broadcast=True)
-
-
-def _check_soft_cap(cap):
-  if cap is None:
-    return None
-  if isinstance(cap, jax.core.Tracer):
-    raise ValueError(f"logits_soft_cap must be known at trace time; got a traced value {cap!r}")
-  if isinstance(cap, (bool, np.bool_)) or not isinstance(
-      cap, (numbers.Real, np.ndarray, np.generic, jax.Array)) or np.size(cap) != 1:
-    raise ValueError(f"logits_soft_cap must be a positive finite number or None; got {cap!r}")
-  value = float(np.asarray(cap).reshape(()))
-  if not math.isfinite(value) or value <= 0:
-    raise ValueError(f"logits_soft_cap must be a positive finite number or None; got {value!r}")
-  return value
