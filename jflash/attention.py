@@ -24,7 +24,8 @@ from jflash.scores import ScoreMod
 MAX_HEAD_DIM = checks.MAX_HEAD_DIM
 
 
-def attention(q, k, v, *, scale=None, is_causal=False, query_seq_lengths=None,
+def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
+              query_seq_lengths=None,
               key_value_seq_lengths=None, local_window_size=None, q_segment_ids=None,
               kv_segment_ids=None, q_offset=0, logits_soft_cap=None, alibi_slopes=None,
               implementation=None, interpret=False, return_lse=False, config=None):
@@ -33,7 +34,7 @@ def attention(q, k, v, *, scale=None, is_causal=False, query_seq_lengths=None,
   Computes ``softmax(mask(mod(scale * q @ k^T))) @ v`` per batch and query head without
   ever holding the T x S score matrix in memory: the FlashAttention-2 algorithm (Dao 2023;
   Dao et al. 2022), with fp32 accumulation and softmax statistics for every input
-  dtype. Differentiable in q, k and v (reverse mode: `jax.grad`, `jax.vjp`,
+  dtype. Differentiable in q, k, v and bias (reverse mode: `jax.grad`, `jax.vjp`,
   `jax.jacrev`) through a `jax.custom_vjp` whose backward pass recomputes the
   probabilities from the saved log-sum-exp; deterministic (no atomics). Works under
   `jit`, `grad`, `vmap` and `remat`, and with sharded inputs (below).
@@ -69,14 +70,19 @@ def attention(q, k, v, *, scale=None, is_causal=False, query_seq_lengths=None,
       x x x . . .     x x x x x .      . x x x . .      . . x x . .
       x x x x . .     x x x x x x      . . x x x .      . . x x . .
 
+  * ``mask``: a boolean array broadcastable to [B, N, T, S] (as jax.nn): mask[b, n, i, j].
+
   Tiles that no query of a tile sees are skipped, not computed: the causal upper
-  triangle, keys outside a window, padding, and (computed on device from the ids) tiles
-  whose query and key segments cannot meet; only tiles that straddle a mask edge are
-  masked. A query that sees no key returns 0 with lse -inf and zero gradients.
+  triangle, keys outside a window, padding, and (computed on device from the ids or the
+  mask) tiles whose query and key segments cannot meet or whose mask is all False; only
+  tiles that straddle a mask edge are masked (and read their tile of `mask`). A query that sees no key returns 0 with lse -inf and zero gradients.
 
   Score modifications, applied to ``s = scale * q.k`` in float32 before the mask (the
   kernels keep their plain inner loop when none is on):
 
+  * ``bias``: s becomes ``s + bias[b, n, i, j]``; differentiable. dL/dbias is computed
+    only when the bias is differentiated, and then costs a [B, N, T, S] float32 array
+    (4 B N T S bytes, summed afterwards over the axes the bias broadcasts).
   * ``logits_soft_cap=c``: s becomes ``c * tanh(s / c)`` (Gemma 2), differentiated.
   * ``alibi_slopes``: then subtracts ``slope[b, n] * |i + q_offset - j|`` (ALiBi, Press
     et al. 2022, in FlashAttention-2's convention: after the soft-cap, no bias tensor).
@@ -107,6 +113,12 @@ def attention(q, k, v, *, scale=None, is_causal=False, query_seq_lengths=None,
     q: queries, [B, T, N, H] or [T, N, H]; bfloat16, float16 or float32.
     k: keys, [B, S, K, H] or [S, K, H]; same dtype as q.
     v: values, same shape and dtype as k.
+    bias: None, or a float array broadcastable to [B, N, T, S] ([N, T, S] unbatched),
+      added to the scaled logits. Runtime data; differentiable. Its T and S axes are
+      broadcast in memory (T x S per batch and head it has).
+    mask: None, or a boolean array broadcastable to [B, N, T, S] ([N, T, S] unbatched);
+      True where a query may attend to a key. Runtime data; held as int8 T x S per batch
+      and head it has.
     scale: multiplies q.k before the softmax: a positive finite number known at trace
       time (a Python or NumPy scalar, or a concrete size-1 array). Defaults to
       1 / sqrt(H).
@@ -147,7 +159,7 @@ def attention(q, k, v, *, scale=None, is_causal=False, query_seq_lengths=None,
     ValueError: wrong ranks; batch, S or H mismatched between q, k, v; N % K != 0;
       T, S or H out of range; a dtype that is not bfloat16/float16/float32 or dtypes
       that differ; a scale that is not a positive finite scalar or is traced; segment
-      ids, lengths, q_offset or ALiBi slopes of the wrong shape or dtype; kv_segment_ids
+      ids, lengths, q_offset, ALiBi slopes, bias or mask of the wrong shape or dtype; kv_segment_ids
       without q_segment_ids, or q_segment_ids alone with T != S; a negative or malformed
       window; a soft-cap that is not a positive finite number; an unknown
       implementation; ``interpret=True`` with a backend that has no interpret mode; a
@@ -182,7 +194,10 @@ def attention(q, k, v, *, scale=None, is_causal=False, query_seq_lengths=None,
   static_offset, q_offset = checks.check_offset(q_offset, batched)
   q_segment_ids, kv_segment_ids = checks.check_segment_ids(q_segment_ids, kv_segment_ids, t,
                                                             s_len, batched)
+  scores_shape = dict(unbatched=unbatched, batch=b, num_heads=n, q_len=t, kv_len=s_len)
   operands = backends.Operands(
+      bias=checks.check_bias(bias, **scores_shape),
+      mask=checks.check_mask(mask, **scores_shape),
       q_offset=q_offset,
       q_lengths=batched("query_seq_lengths", query_seq_lengths, (), jnp.integer),
       kv_lengths=batched("key_value_seq_lengths", key_value_seq_lengths, (), jnp.integer),
@@ -192,9 +207,10 @@ def attention(q, k, v, *, scale=None, is_causal=False, query_seq_lengths=None,
                   dynamic_offset=q_offset is not None,
                   q_lengths=operands.q_lengths is not None,
                   kv_lengths=operands.kv_lengths is not None,
-                  segment_ids=q_segment_ids is not None)
+                  segment_ids=q_segment_ids is not None,
+                  dense_mask=operands.mask is not None)
   score_mod = ScoreMod(soft_cap=checks.check_soft_cap(logits_soft_cap),
-                       alibi=operands.alibi_slopes is not None)
+                       alibi=operands.alibi_slopes is not None, bias=operands.bias is not None)
   problem = backends.Problem(b, t, s_len, n, k.shape[2], h, dtype, spec, score_mod)
   static = _Static(plans=_plans(implementation, interpret, config, problem, (q, k, v)),
                    scale=scale, spec=spec, score_mod=score_mod)
@@ -278,31 +294,39 @@ def _flash(q, k, v, operands, static: _Static):
 
 
 def _flash_fwd(q, k, v, operands, static: _Static):
+  # symbolic_zeros=True: every array comes wrapped with whether it is differentiated, so
+  # dL/dbias (a T x S array) is computed only when the bias is.
+  bias_grad = operands.bias is not None and operands.bias.perturbed
+  q, k, v, operands = jax.tree.map(lambda x: x.value, (q, k, v, operands))
   out, lse = _forward(static, q, k, v, operands)
-  return (out, lse), (q, k, v, operands, out, lse)
+  return (out, lse), (q, k, v, operands, out, lse, () if bias_grad else None)
 
 
 def _flash_bwd(static: _Static, residuals, cotangents):
-  q, k, v, operands, out, lse = residuals
-  d_out, d_lse = cotangents
+  q, k, v, operands, out, lse, bias_grad = residuals
+  d_out, d_lse = (_instantiate(x) for x in cotangents)
   # d lse_i / d s_ij = p_ij, so an lse cotangent folds into delta: dS = P (dP - delta + dlse).
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - d_lse
   # A row that sees no key has lse = -inf; +inf makes its recomputed P exactly 0.
   lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)
-  dq, dk, dv = _backward(static, q, k, v, operands, lse, delta, d_out.astype(q.dtype))
-  return dq, dk, dv, _zero_cotangents(operands)
+  if bias_grad is not None:
+    static = dataclasses.replace(
+        static, score_mod=dataclasses.replace(static.score_mod, bias_grad=True))
+  dq, dk, dv, dbias = _backward(static, q, k, v, operands, lse, delta, d_out.astype(q.dtype))
+  # Operands other than the bias are not differentiated (None: a zero cotangent).
+  d_operands = backends.Operands(
+      bias=None if dbias is None else dbias.astype(operands.bias.dtype))
+  return dq, dk, dv, d_operands
 
 
-def _zero_cotangents(operands):
-  """Operands are not differentiated: zeros (float0 for integer arrays)."""
-  def zero(x):
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-      return jnp.zeros_like(x)
-    return np.zeros(x.shape, jax.dtypes.float0)
-  return jax.tree.map(zero, operands)
+def _instantiate(x):
+  """A cotangent as an array (zeros for a symbolic zero)."""
+  if isinstance(x, jax.custom_derivatives.SymbolicZero):
+    return jnp.zeros(x.shape, x.dtype)
+  return x
 
 
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash.defvjp(_flash_fwd, _flash_bwd, symbolic_zeros=True)
 _attention = jax.jit(_flash, static_argnums=4)
 
 

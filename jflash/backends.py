@@ -71,8 +71,9 @@ class Operands(NamedTuple):
   """The runtime arrays of a call's variants; None where a variant is off.
 
   Every present operand has the full batch B as its leading axis (`jflash.attention`
-  broadcasts them), so the batch axis shards and vmaps like q's. None of them is
-  differentiated.
+  broadcasts them), so the batch axis shards and vmaps like q's, except `bias` and
+  `mask`, whose batch and head axes may be 1 (broadcast; they can be large). Only
+  `bias` is differentiated.
 
   Attributes:
     q_offset: [B] int32, query i sits at position i + q_offset[b].
@@ -81,6 +82,8 @@ class Operands(NamedTuple):
     q_segment_ids: [B, T] int32.
     kv_segment_ids: [B, S] int32.
     alibi_slopes: [B, N] float32.
+    bias: [B or 1, N or 1, T, S] float (any float dtype), added to the scaled logits.
+    mask: [B or 1, N or 1, T, S] int8, nonzero where a query may see a key.
   """
 
   q_offset: Any = None
@@ -89,6 +92,8 @@ class Operands(NamedTuple):
   q_segment_ids: Any = None
   kv_segment_ids: Any = None
   alibi_slopes: Any = None
+  bias: Any = None
+  mask: Any = None
 
 
 class Backend(abc.ABC):
@@ -131,7 +136,10 @@ class Backend(abc.ABC):
   @abc.abstractmethod
   def backward(self, q, k, v, operands: Operands, lse, delta, do, *, scale: float,
                spec: MaskSpec, score_mod: ScoreMod, config: Any, interpret: bool):
-    """(dq, dk, dv) with the shapes and dtypes of (q, k, v).
+    """(dq, dk, dv, dbias): dq, dk, dv with the shapes and dtypes of (q, k, v).
+
+    dbias is None unless ``score_mod.bias_grad``; then it is dL/dbias in float32 with the
+    shape of ``operands.bias`` (summed over its broadcast axes).
 
     `lse` is the forward pass's with -inf (rows that see no key) replaced by +inf, so
     that recomputed probabilities are 0 there; `delta` = rowsum(do * out) - dL/dlse,

@@ -163,3 +163,39 @@ def check_soft_cap(cap):
   if not math.isfinite(value) or value <= 0:
     raise ValueError(f"logits_soft_cap must be a positive finite number or None; got {value!r}")
   return value
+
+
+def _scores_operand(name, x, kinds, what, *, unbatched, batch, num_heads, q_len, kv_len):
+  """`x` broadcastable to [B, N, T, S] ([N, T, S] unbatched) as [B or 1, N or 1, T, S].
+
+  Its batch and head axes stay 1 where it is broadcast over them; its T and S axes are
+  broadcast in full (that is what the kernels tile).
+  """
+  if x is None:
+    return None
+  x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+  full = (num_heads, q_len, kv_len) if unbatched else (batch, num_heads, q_len, kv_len)
+  letters = "[N, T, S]" if unbatched else "[B, N, T, S]"
+  if not any(jnp.issubdtype(x.dtype, kind) for kind in kinds):
+    raise ValueError(f"{name} must be {what}; got {name}.dtype={x.dtype}")
+  try:
+    shape = jnp.broadcast_shapes(x.shape, full)
+  except ValueError:
+    shape = None
+  if shape != full:
+    raise ValueError(f"{name} must be broadcastable to {letters} = {full}; got "
+                     f"{name}.shape={x.shape}")
+  x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+  return jnp.broadcast_to(x, (*x.shape[:2], q_len, kv_len))
+
+
+def check_bias(bias, **shapes):
+  """The bias as [B or 1, N or 1, T, S] in its float dtype, or None."""
+  return _scores_operand("bias", bias, (jnp.floating,), "a floating-point array", **shapes)
+
+
+def check_mask(mask, **shapes):
+  """The mask as an int8 [B or 1, N or 1, T, S] array (1 = visible), or None."""
+  mask = _scores_operand("mask", mask, (jnp.bool_,), "a boolean array (True: attend)",
+                         **shapes)
+  return None if mask is None else mask.astype(jnp.int8)

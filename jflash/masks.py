@@ -78,6 +78,7 @@ class MaskSpec:
     dynamic_offset: q_offset is a runtime int32 [B] operand.
     q_lengths, kv_lengths: runtime int32 [B] valid lengths are given.
     segment_ids: runtime segment ids are given (a query sees keys of its segment only).
+    dense_mask: a runtime boolean mask [B or 1, N or 1, T, S] is given.
   """
 
   q_len: int
@@ -89,6 +90,7 @@ class MaskSpec:
   q_lengths: bool = False
   kv_lengths: bool = False
   segment_ids: bool = False
+  dense_mask: bool = False
 
   @property
   def left(self):
@@ -109,7 +111,7 @@ class MaskSpec:
   @property
   def uses_tile_lists(self) -> bool:
     """Whether the kernels iterate per-row tile lists (:func:`tile_lists`)."""
-    return self.segment_ids
+    return self.segment_ids or self.dense_mask
 
   def positions(self, offset=None, q_len=None, kv_len=None) -> Positions:
     """Positions of one batch element: the given runtime scalars, else the static values."""
@@ -233,9 +235,10 @@ class TileList(NamedTuple):
   full: jax.Array
 
 
-def tile_lists(spec: MaskSpec, block_q: int, block_kv: int, *, positions: Positions,
-               q_segment_ids, kv_segment_ids, transpose: bool = False) -> TileList:
-  """The tile schedule of a call with segment ids, computed on device (plain XLA).
+def tile_lists(spec: MaskSpec, block_q: int, block_kv: int, *, batch: int,
+               positions: Positions, q_segment_ids=None, kv_segment_ids=None, mask=None,
+               transpose: bool = False) -> TileList:
+  """The tile schedule of a call with runtime tile classes, computed on device (plain XLA).
 
   Every (query tile, key tile) pair is classified (:func:`tile_classes`), and each
   block row's non-skipped tiles are compacted into a list (:func:`compact`), so a
@@ -244,30 +247,34 @@ def tile_lists(spec: MaskSpec, block_q: int, block_kv: int, *, positions: Positi
   Args:
     spec: the mask.
     block_q, block_kv: the tile sizes of the kernel that iterates the lists.
+    batch: B.
     positions: per-batch [B] int32 arrays (or Python ints) of offsets and lengths.
-    q_segment_ids, kv_segment_ids: [B, T], [B, S] int32.
+    q_segment_ids, kv_segment_ids: None, or [B, T], [B, S] int32.
+    mask: None, or a dense boolean (or int8, nonzero = visible) mask [B or 1, N or 1, T, S].
     transpose: lists per key tile of the query tiles that see it (for dK/dV) instead
       of per query tile of its key tiles.
 
   Returns:
     A :class:`TileList` with R = query tiles and C = key tiles (swapped if transpose).
   """
-  return compact(tile_classes(spec, block_q, block_kv, positions=positions,
+  return compact(tile_classes(spec, block_q, block_kv, batch=batch, positions=positions,
                               q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
-                              transpose=transpose))
+                              mask=mask, transpose=transpose))
 
 
-def tile_classes(spec: MaskSpec, block_q: int, block_kv: int, *, positions: Positions,
-                 q_segment_ids, kv_segment_ids, transpose: bool = False):
+def tile_classes(spec: MaskSpec, block_q: int, block_kv: int, *, batch: int,
+                 positions: Positions, q_segment_ids=None, kv_segment_ids=None, mask=None,
+                 transpose: bool = False):
   """[B, R, C] int32 class of every tile: SKIP, MASKED or FULL (see :func:`tile_lists`).
 
-  SKIP when the positional mask hides the tile entirely or the segment-id ranges of its
-  rows and columns do not overlap; FULL when the positional mask sees all of it and all
-  its rows and columns hold one and the same segment id; MASKED otherwise.
+  The minimum of what each mask says: the positional mask (SKIP when it hides the tile,
+  FULL when it sees all of it); segment ids (SKIP when the id ranges of the tile's rows
+  and columns do not overlap, FULL when they all hold one and the same id); a dense mask
+  (SKIP when it is False on the whole tile for every head, FULL when True on all of it
+  for every head).
   """
   nq, nkv = _cdiv(spec.q_len, block_q), _cdiv(spec.kv_len, block_kv)
-  b = q_segment_ids.shape[0]
-  pos = Positions(*(jnp.broadcast_to(jnp.asarray(x, jnp.int32), (b,)) for x in positions))
+  pos = Positions(*(jnp.broadcast_to(jnp.asarray(x, jnp.int32), (batch,)) for x in positions))
 
   def classes(ranges, n):  # TileRange of [B, R] arrays -> [B, R, n] classes
     j = jnp.arange(n)[None, None, :]
@@ -281,18 +288,37 @@ def tile_classes(spec: MaskSpec, block_q: int, block_kv: int, *, positions: Posi
   if transpose:
     ranges = per_batch(lambda s, p: spec.q_tiles(s, block_kv, block_q, Positions(*p)),
                        jnp.arange(nkv, dtype=jnp.int32) * block_kv)
-    positional = classes(ranges, nq).swapaxes(1, 2)  # [B, nq, nkv]
+    kind = classes(ranges, nq).swapaxes(1, 2)  # [B, nq, nkv]
   else:
     ranges = per_batch(lambda s, p: spec.kv_tiles(s, block_q, block_kv, Positions(*p)),
                        jnp.arange(nq, dtype=jnp.int32) * block_q)
-    positional = classes(ranges, nkv)
-  q_lo, q_hi = _tile_min_max(q_segment_ids, block_q)  # [B, nq]
-  k_lo, k_hi = _tile_min_max(kv_segment_ids, block_kv)
-  meet = (q_lo[:, :, None] <= k_hi[:, None, :]) & (k_lo[:, None, :] <= q_hi[:, :, None])
-  one = ((q_lo == q_hi)[:, :, None] & (k_lo == k_hi)[:, None, :]
-         & (q_lo[:, :, None] == k_lo[:, None, :]))
-  kind = jnp.where(meet, jnp.minimum(positional, jnp.where(one, FULL, MASKED)), SKIP)
+    kind = classes(ranges, nkv)
+  if q_segment_ids is not None:
+    q_lo, q_hi = _tile_min_max(q_segment_ids, block_q)  # [B, nq]
+    k_lo, k_hi = _tile_min_max(kv_segment_ids, block_kv)
+    meet = (q_lo[:, :, None] <= k_hi[:, None, :]) & (k_lo[:, None, :] <= q_hi[:, :, None])
+    one = ((q_lo == q_hi)[:, :, None] & (k_lo == k_hi)[:, None, :]
+           & (q_lo[:, :, None] == k_lo[:, None, :]))
+    kind = jnp.minimum(kind, jnp.where(meet, jnp.where(one, FULL, MASKED), SKIP))
+  if mask is not None:
+    kind = jnp.minimum(kind, mask_classes(mask, block_q, block_kv))
   return kind.swapaxes(1, 2) if transpose else kind
+
+
+def mask_classes(mask, block_q: int, block_kv: int):
+  """[B or 1, nq, nkv] int32 tile classes of a dense mask [B or 1, N or 1, T, S].
+
+  Entries past T or S do not count; a tile is visited if any head sees part of it.
+  """
+  bm, nm, t, s = mask.shape
+  nq, nkv = _cdiv(t, block_q), _cdiv(s, block_kv)
+  widths = ((0, 0), (0, 0), (0, nq * block_q - t), (0, nkv * block_kv - s))
+  tiles = (mask != 0).reshape(bm, nm, t, s)
+  any_ = jnp.pad(tiles, widths, constant_values=False).reshape(
+      bm, nm, nq, block_q, nkv, block_kv).any(axis=(1, 3, 5))
+  all_ = jnp.pad(tiles, widths, constant_values=True).reshape(
+      bm, nm, nq, block_q, nkv, block_kv).all(axis=(1, 3, 5))
+  return jnp.where(any_, jnp.where(all_, FULL, MASKED), SKIP)
 
 
 def compact(kind) -> TileList:

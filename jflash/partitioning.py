@@ -19,7 +19,10 @@ call. Here each of them is wrapped in
 
 The runtime operands of the variants (:class:`jflash.backends.Operands`) travel with
 q, k, v: their leading batch axis shards like q's, ALiBi slopes [B, N] also shard by
-heads, and the sequence axes of segment ids are gathered like T and S.
+heads, and the sequence axes of segment ids are gathered like T and S. A bias or mask
+[B or 1, N or 1, T, S] shards by batch and heads where it has those axes (size 1:
+replicated); dbias is sharded like the bias. Under `vmap` a bias or mask of batch 1 is
+broadcast to the batch (memory B times its size) and dbias summed back.
 
 On one device both are plain calls.
 """
@@ -39,9 +42,12 @@ from jflash.backends import Operands, Plan
 from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
 
-# The factors of each operand (see the Shardy rules below), by Operands field.
+# The factors of each operand (see the Shardy rules below), by Operands field. A bias or
+# mask axis of size 1 (broadcast) gets a factor of its own: "x" batch, "y" heads.
 _OPERAND_FACTORS = {"q_offset": "b", "q_lengths": "b", "kv_lengths": "b",
-                    "q_segment_ids": "b t", "kv_segment_ids": "b s", "alibi_slopes": "b n"}
+                    "q_segment_ids": "b t", "kv_segment_ids": "b s", "alibi_slopes": "b n",
+                    "bias": "b n t s", "mask": "b n t s"}
+_BROADCASTABLE = ("bias", "mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,27 +63,52 @@ class Kernel:
 def forward(kernel: Kernel, q, k, v, operands: Operands):
   """(out, lse) of `kernel` on q [B, T, N, H], k, v [B, S, K, H], partitioned and batched."""
   present = _present(operands)
-  op = functools.partial(_ops(present)[0], kernel)
-  return _vmappable(op)(q, k, v, *_leaves(operands, present))
+  op = functools.partial(_ops(present, False)[0], kernel)
+  leaves = _leaves(operands, present)
+  return _vmappable(op, _broadcastable(3, present))(q, k, v, *leaves)
 
 
 def backward(kernel: Kernel, q, k, v, operands: Operands, lse, delta, do):
-  """(dq, dk, dv) of `kernel`, partitioned and batched like :func:`forward`."""
+  """(dq, dk, dv, dbias) of `kernel`, partitioned and batched like :func:`forward`.
+
+  dbias is None unless ``kernel.score_mod.bias_grad``.
+  """
   present = _present(operands)
-  op = functools.partial(_ops(present)[1], kernel)
-  return _vmappable(op)(q, k, v, lse, delta, do, *_leaves(operands, present))
+  dbias = kernel.score_mod.bias_grad
+  op = functools.partial(_ops(present, dbias)[1], kernel)
+  broadcastable = _broadcastable(6, present)
+  # Under vmap, dbias sums over the batch when the bias has batch 1.
+  reduce = {3: 6 + [name for name, _ in present].index("bias")} if dbias else {}
+  outs = _vmappable(op, broadcastable, reduce)(q, k, v, lse, delta, do,
+                                               *_leaves(operands, present))
+  return tuple(outs) if dbias else (*outs, None)
 
 
-def _present(operands: Operands) -> tuple[str, ...]:
-  return tuple(name for name, x in operands._asdict().items() if x is not None)
+def _present(operands: Operands) -> tuple[tuple[str, str], ...]:
+  """(name, factors) of every present operand; see `_OPERAND_FACTORS`."""
+  present = []
+  for name, x in operands._asdict().items():
+    if x is None:
+      continue
+    factors = _OPERAND_FACTORS[name]
+    if name in _BROADCASTABLE:
+      factors = " ".join(f if x.shape[a] > 1 else broadcast
+                         for a, (f, broadcast) in enumerate(zip("bnts", "xyts")))
+    present.append((name, factors))
+  return tuple(present)
+
+
+def _broadcastable(num_arrays: int, present) -> tuple[bool, ...]:
+  """Per op argument: whether it is a bias or mask (whose axis 0 may be 1)."""
+  return (False,) * num_arrays + tuple(name in _BROADCASTABLE for name, _ in present)
 
 
 def _leaves(operands: Operands, present):
-  return [getattr(operands, name) for name in present]
+  return [getattr(operands, name) for name, _ in present]
 
 
 def _operands(present, leaves) -> Operands:
-  return Operands(**dict(zip(present, leaves)))
+  return Operands(**{name: x for (name, _), x in zip(present, leaves)})
 
 
 def _forward_impl(present, kernel: Kernel, q, k, v, *leaves):
@@ -86,13 +117,16 @@ def _forward_impl(present, kernel: Kernel, q, k, v, *leaves):
 
 
 def _backward_impl(present, kernel: Kernel, q, k, v, lse, delta, do, *leaves):
-  return kernel.plan.backward(q, k, v, _operands(present, leaves), lse, delta, do,
-                              scale=kernel.scale, spec=kernel.spec,
-                              score_mod=kernel.score_mod)
+  *grads, dbias = kernel.plan.backward(q, k, v, _operands(present, leaves), lse, delta, do,
+                                       scale=kernel.scale, spec=kernel.spec,
+                                       score_mod=kernel.score_mod)
+  return (*grads, dbias) if kernel.score_mod.bias_grad else tuple(grads)
 
 
 def _shardings(mesh, q_info, k_info, present=()):
   """(rows, stats, operands) shardings the call runs with, derived from q's sharding.
+
+  `present` holds (name, factors) of the operands.
 
   rows: q, out, do, dq [B, T, N, H], and k, v, dk, dv [B, S, K, H] (their K axis shards
   like q's N axis); stats: lse, delta [B, T, N]; operands: one per present operand.
@@ -110,9 +144,8 @@ def _shardings(mesh, q_info, k_info, present=()):
   rows = NamedSharding(mesh, PartitionSpec(batch, None, heads, None))
   stats = NamedSharding(mesh, PartitionSpec(batch, None, heads))
   axes = {"b": batch, "n": heads}
-  operands = tuple(
-      NamedSharding(mesh, PartitionSpec(*(axes.get(f) for f in _OPERAND_FACTORS[name].split())))
-      for name in present)
+  operands = tuple(NamedSharding(mesh, PartitionSpec(*(axes.get(f) for f in factors.split())))
+                   for _, factors in present)
   return rows, stats, operands
 
 
@@ -133,27 +166,38 @@ def _forward_infer(present, kernel, mesh, arg_shapes, result_shape):
   return _shardings(mesh, arg_shapes[0], arg_shapes[1])[:2]
 
 
+def _backward_outputs(present, kernel, rows, operands):
+  """Output shardings of the backward: dq, dk, dv like the rows, dbias like the bias."""
+  if not kernel.score_mod.bias_grad:
+    return (rows,) * 3
+  return (rows,) * 3 + (operands[[name for name, _ in present].index("bias")],)
+
+
 def _backward_partition(present, kernel, mesh, arg_shapes, result_shape):
   del result_shape
   rows, stats, operands = _shardings(mesh, arg_shapes[0], arg_shapes[1], present)
-  return (mesh, functools.partial(_backward_impl, present, kernel), (rows,) * 3,
+  return (mesh, functools.partial(_backward_impl, present, kernel),
+          _backward_outputs(present, kernel, rows, operands),
           (rows, rows, rows, stats, stats, rows) + operands)
 
 
 def _backward_infer(present, kernel, mesh, arg_shapes, result_shape):
-  del present, kernel, result_shape
-  return (_shardings(mesh, arg_shapes[0], arg_shapes[1])[0],) * 3
+  del result_shape
+  rows, _, operands = _shardings(mesh, arg_shapes[0], arg_shapes[1], present)
+  return _backward_outputs(present, kernel, rows, operands)
 
 
 @functools.lru_cache(maxsize=None)
-def _ops(present: tuple[str, ...]):
+def _ops(present: tuple[tuple[str, str], ...], dbias: bool):
   """The (forward, backward) custom_partitioning ops for calls with these operands.
 
-  Factors: b batch, t queries, n query heads, h head dim, s keys, k key/value heads. The
-  sequence axes and the head dim need replication; need_replication lists factors in
-  order of first appearance, as Shardy requires.
+  Factors: b batch, t queries, n query heads, h head dim, s keys, k key/value heads (x, y:
+  broadcast bias/mask axes). The sequence axes and the head dim need replication;
+  need_replication lists factors in order of first appearance, as Shardy requires.
+  `dbias`: the backward also returns dL/dbias, factored like the bias.
   """
-  extra = "".join(f", {_OPERAND_FACTORS[name]}" for name in present)
+  extra = "".join(f", {factors}" for _, factors in present)
+  dbias_out = f", {dict(present)['bias']}" if dbias else ""
   forward_op = custom_partitioning(functools.partial(_forward_impl, present),
                                    static_argnums=(0,))
   forward_op.def_partition(
@@ -167,13 +211,19 @@ def _ops(present: tuple[str, ...]):
       partition=functools.partial(_backward_partition, present),
       infer_sharding_from_operands=functools.partial(_backward_infer, present),
       sharding_rule=(f"b t n h, b s k h, b s k h, b t n, b t n, b t n h{extra} "
-                     "-> b t n h, b s k h, b s k h"),
+                     f"-> b t n h, b s k h, b s k h{dbias_out}"),
       need_replication_factors=("t", "h", "s"))
   return forward_op, backward_op
 
 
-def _vmappable(op):
-  """`op` on arrays whose axis 0 is the batch, with a vmap rule that folds into it."""
+def _vmappable(op, broadcastable, reduce=None):
+  """`op` on arrays whose axis 0 is the batch, with a vmap rule that folds into it.
+
+  `broadcastable[i]`: argument i may have batch 1 (broadcast); the rule broadcasts it to
+  q's batch first. `reduce` maps an output to such an argument: where that argument has
+  batch 1, the output is summed back over the batch.
+  """
+  reduce = reduce or {}
 
   @custom_batching.custom_vmap
   def call(*args):
@@ -181,10 +231,21 @@ def _vmappable(op):
 
   @call.def_vmap
   def _rule(axis_size, in_batched, *args):
-    args = [x if batched else jax.numpy.broadcast_to(x, (axis_size, *x.shape))
-            for x, batched in zip(args, in_batched)]
-    outs = call(*(x.reshape(axis_size * x.shape[1], *x.shape[2:]) for x in args))
-    outs = tuple(o.reshape(axis_size, o.shape[0] // axis_size, *o.shape[1:]) for o in outs)
-    return outs, (True,) * len(outs)
+    q, batched_q = args[0], in_batched[0]
+    batch = q.shape[1] if batched_q else q.shape[0]
+    unbatched_shapes = [x.shape[1:] if b else x.shape for x, b in zip(args, in_batched)]
+    folded = []
+    for x, batched, shape, wide in zip(args, in_batched, unbatched_shapes, broadcastable):
+      if not batched:
+        x = jax.numpy.broadcast_to(x, (axis_size, *x.shape))
+      if wide and shape[0] == 1:
+        x = jax.numpy.broadcast_to(x, (axis_size, batch, *shape[1:]))
+      folded.append(x.reshape(axis_size * x.shape[1], *x.shape[2:]))
+    outs = call(*folded)
+    outs = [o.reshape(axis_size, o.shape[0] // axis_size, *o.shape[1:]) for o in outs]
+    for out_index, arg_index in reduce.items():
+      if unbatched_shapes[arg_index][0] == 1:
+        outs[out_index] = outs[out_index].sum(axis=1, keepdims=True)
+    return tuple(outs), (True,) * len(outs)
 
   return call

@@ -286,6 +286,13 @@ _KV = jnp.zeros((2, 8, 2, 16), jnp.float32)
     (dict(alibi_slopes=jnp.zeros((2, 4), jnp.int32)), "alibi_slopes.*int32"),
     (dict(q_offset=1.5), "q_offset"),
     (dict(q_offset=jnp.zeros((3,), jnp.int32)), r"q_offset.*shape=\(3,\)"),
+    (dict(bias=jnp.zeros((2, 4, 8, 7))), r"bias must be broadcastable to .*\(2, 4, 8, 8\).*"
+                                         r"shape=\(2, 4, 8, 7\)"),
+    (dict(bias=jnp.zeros((3, 1, 1, 8))), r"bias.*shape=\(3, 1, 1, 8\)"),
+    (dict(bias=jnp.zeros((1, 2, 4, 8, 8))), r"bias.*shape=\(1, 2, 4, 8, 8\)"),
+    (dict(bias=jnp.zeros((8, 8), jnp.int32)), "bias must be a floating-point.*int32"),
+    (dict(mask=jnp.ones((8, 8), jnp.float32)), "mask must be a boolean.*float32"),
+    (dict(mask=jnp.ones((2, 3, 8, 8), bool)), r"mask must be broadcastable.*\(2, 3, 8, 8\)"),
 ])
 def test_variant_arguments_are_validated(kwargs, message):
   with pytest.raises(ValueError, match=message):

@@ -40,7 +40,7 @@ def triton_modules(monkeypatch):
 
 
 ALL_VARIANTS = dict(window=(33, 5), dynamic_offset=True, q_lengths=True, kv_lengths=True,
-                    segment_ids=True)
+                    segment_ids=True, dense_mask=True)
 
 
 @pytest.mark.parametrize("b, t, s, n, kv_heads, h, is_causal, dtype, variants", [
@@ -55,11 +55,15 @@ ALL_VARIANTS = dict(window=(33, 5), dynamic_offset=True, q_lengths=True, kv_leng
     (2, 1000, 1000, 4, 2, 128, True, jnp.bfloat16, ALL_VARIANTS),
     (1, 200, 257, 6, 3, 80, False, jnp.float32, ALL_VARIANTS),
     (2, 300, 300, 2, 2, 64, True, jnp.float16, dict(window=(None, 7), dynamic_offset=True)),
+    (2, 256, 384, 4, 2, 64, False, jnp.bfloat16, dict(dense_mask=True)),  # mask, bias by head
 ])
 def test_kernels_lower_to_valid_triton_ir(triton_modules, b, t, s, n, kv_heads, h, is_causal,
                                           dtype, variants):
   spec = MaskSpec(t, s, is_causal, **(variants or {}))
-  score_mod = ScoreMod(soft_cap=30.0, alibi=True) if variants else ScoreMod()
+  score_mod = (ScoreMod(soft_cap=30.0, alibi=True, bias=True, bias_grad=True) if variants
+               else ScoreMod())
+  # A bias per head and batch 1 (with many variants) or per batch, one mask per head.
+  bias_shape = (1, n, t, s) if variants == ALL_VARIANTS else (b, 1, t, s)
   config = default_config(h, jnp.dtype(dtype), is_causal, (9, 0), kv_len=s)
   q = jax.ShapeDtypeStruct((b, t, n, h), dtype)
   kv = jax.ShapeDtypeStruct((b, s, kv_heads, h), dtype)
@@ -71,7 +75,9 @@ def test_kernels_lower_to_valid_triton_ir(triton_modules, b, t, s, n, kv_heads, 
       kv_lengths=per_batch if spec.kv_lengths else None,
       q_segment_ids=jax.ShapeDtypeStruct((b, t), jnp.int32) if spec.segment_ids else None,
       kv_segment_ids=jax.ShapeDtypeStruct((b, s), jnp.int32) if spec.segment_ids else None,
-      alibi_slopes=jax.ShapeDtypeStruct((b, n), jnp.float32) if score_mod.alibi else None)
+      alibi_slopes=jax.ShapeDtypeStruct((b, n), jnp.float32) if score_mod.alibi else None,
+      bias=jax.ShapeDtypeStruct(bias_shape, jnp.float32) if score_mod.bias else None,
+      mask=jax.ShapeDtypeStruct((b, n, t, s), jnp.int8) if spec.dense_mask else None)
   kwargs = dict(scale=h ** -0.5, spec=spec, score_mod=score_mod, config=config)
   jax.jit(lambda q, k, v, ops: forward(q, k, v, ops, **kwargs)).trace(q, kv, kv, operands).lower(
       lowering_platforms=("cuda",))

@@ -1,5 +1,5 @@
-"""Attention variants (packing, windows, offsets, lengths, soft-cap, ALiBi), alone and
-combined, in every backend, forward and backward, against the dense fp32 oracle.
+"""Attention variants (packing, windows, offsets, lengths, dense masks, bias, soft-cap,
+ALiBi), alone and combined, in every backend, forward and backward, against the dense fp32 oracle.
 
 Criterion (DESIGN.md): the max-abs error against the fp32 oracle is at most 2x that of
 the same dense math computed in the input dtype (`dense_attention(dtype=...)`, which
@@ -72,6 +72,17 @@ def _case(name, rng):
     return 37, 53, dict(query_seq_lengths=np.array([29, 37], np.int32),
                         key_value_seq_lengths=np.array([50, 40], np.int32),
                         q_offset=np.array([16, 3], np.int32), local_window_size=(13, 2))
+  if name == "dense_mask":  # per batch and head; whole tiles False, whole tiles True
+    mask = rng.random((B, N, 37, 53)) < 0.6
+    mask[:, :, :16, 16:32], mask[:, :, 16:32, :16] = False, True
+    mask[0, 1, 5] = False  # a row that sees no key
+    return 37, 53, dict(mask=mask)
+  if name == "bias_softcap":  # a bias shared by the batch, broadcast over T
+    return 37, 53, dict(bias=rng.normal(size=(N, 1, 53)).astype(np.float32) * 2,
+                        logits_soft_cap=3.0)
+  if name == "mask_bias_causal":  # GQA; the mask broadcast over heads, bias per batch
+    return 53, 53, dict(mask=rng.random((B, 1, 53, 53)) < 0.8, is_causal=True,
+                        bias=rng.normal(size=(B, 1, 53, 53)).astype(np.float32))
   if name == "everything":
     return 53, 53, dict(q_segment_ids=packed, local_window_size=(15, 4), is_causal=True,
                         logits_soft_cap=5.0, query_seq_lengths=np.array([53, 40], np.int32),
@@ -83,7 +94,8 @@ def _case(name, rng):
 
 CASES = ["segment_ids", "segment_ids_cross", "window_two_sided", "window_causal",
          "bottom_right_causal", "offset_array_window", "lengths", "soft_cap", "alibi",
-         "packing_window_softcap_causal", "lengths_offset_window", "everything"]
+         "packing_window_softcap_causal", "lengths_offset_window", "dense_mask", "bias_softcap",
+         "mask_bias_causal", "everything"]
 
 
 def _inputs(seed, t, s, dtype):
@@ -128,7 +140,10 @@ def _visible_np(t, s, kw):
   if "q_segment_ids" in kw:
     kv_ids = kw.get("kv_segment_ids", kw["q_segment_ids"])
     vis &= kw["q_segment_ids"][:, :, None] == kv_ids[:, None, :]
-  return vis[:, None], (i + offset - j)[:, None]
+  vis = vis[:, None]
+  if "mask" in kw:
+    vis = vis & kw["mask"]
+  return vis, (i + offset - j)[:, None]
 
 
 def _fa2_gradients(q, k, v, do, out, lse, kw):
@@ -140,6 +155,8 @@ def _fa2_gradients(q, k, v, do, out, lse, kw):
   q, k, v, do, out = (f32(x) for x in (q, k, v, do, out))
   kr, vr = (np.repeat(x, N // K, axis=2) for x in (k, v))
   s = np.einsum("btnh,bsnh->bnts", q, kr) * np.float32(H ** -0.5)
+  if "bias" in kw:
+    s = s + np.asarray(kw["bias"], np.float32)
   z, dz = s, np.ones_like(s)
   if kw.get("logits_soft_cap"):
     cap = np.float32(kw["logits_soft_cap"])
@@ -296,3 +313,69 @@ def test_backends_agree_bitwise_shape_and_unbatched_calls():
                              q_offset=np.array([2], np.int32),
                              alibi_slopes=np.full((N,), 0.3, np.float32), is_causal=True)
   np.testing.assert_array_equal(out, batched[0])
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("bias_shape", [(37, 53), (B, 1, 1, 53), (N, 37, 53), (B, N, 37, 53)])
+def test_bias_gradient(bias_shape, implementation):
+  """dL/dbias against the oracle's, for biases broadcast over batch, heads or rows."""
+  t, s = 37, 53
+  rng = np.random.default_rng(8)
+  q, k, v, do = _inputs(9, t, s, jnp.float32)
+  bias = jnp.asarray(rng.normal(size=bias_shape), jnp.float32)
+  kw = dict(is_causal=True, logits_soft_cap=4.0, mask=rng.random((B, 1, t, s)) < 0.9)
+  fn = jax.jit(lambda q, k, v, bias: jflash.attention(
+      q, k, v, bias, implementation=implementation, interpret=interpret_for(implementation),
+      config=SMALL_TILES[implementation], **kw))
+  out, vjp = jax.vjp(fn, q, k, v, bias)
+  ref_out, ref_vjp = jax.vjp(
+      lambda q, k, v, bias: dense_attention(q, k, v, bias=bias, scale=H ** -0.5, **kw)[0],
+      q, k, v, bias)
+  assert_within_criterion("out", max_err(out, ref_out), 0.0)
+  for label, got, want in zip(("dq", "dk", "dv", "dbias"), vjp(do), ref_vjp(do)):
+    assert got.shape == want.shape, label
+    assert_within_criterion(label, max_err(got, want), 0.0)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_bias_gradient_only_when_differentiated(implementation):
+  """Without a bias cotangent no [B, N, T, S] dbias array is built (it costs 4BNTS bytes)."""
+  t, s = 37, 53
+  q, k, v, _ = _inputs(10, t, s, jnp.float32)
+  bias = jnp.ones((N, t, s), jnp.float32)  # shared by the batch: [B, N, T, S] is dbias only
+
+  def loss(q, k, v, bias):
+    return jflash.attention(q, k, v, bias, implementation=implementation,
+                            interpret=interpret_for(implementation)).sum()
+
+  dbias = f"f32[{B},{N},{t},{s}]"
+  assert dbias not in str(jax.make_jaxpr(jax.grad(loss, argnums=0))(q, k, v, bias))
+  assert dbias in str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 3)))(q, k, v, bias))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_vmap_over_a_shared_bias_and_mask(implementation):
+  """vmap with a bias and mask of batch 1 (broadcast inside the rule) and their gradient."""
+  t, s = 21, 30
+  rng = np.random.default_rng(11)
+  q, k, v, do = _inputs(12, t, s, jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(1, N, t, s)), jnp.float32)
+  mask = jnp.asarray(rng.random((1, 1, t, s)) < 0.7)
+
+  def f(q, k, v, bias):
+    return jflash.attention(q[None], k[None], v[None], bias, mask,
+                            implementation=implementation,
+                            interpret=interpret_for(implementation),
+                            config=SMALL_TILES[implementation])[0]
+
+  def ref(q, k, v, bias):
+    return dense_attention(q[None], k[None], v[None], bias=bias, mask=mask,
+                           scale=H ** -0.5)[0][0]
+
+  got = jax.vmap(jax.value_and_grad(lambda *a: jnp.sum(f(*a) * do[0]), argnums=(0, 3)),
+                 in_axes=(0, 0, 0, None))(q, k, v, bias)
+  want = jax.vmap(jax.value_and_grad(lambda *a: jnp.sum(ref(*a) * do[0]), argnums=(0, 3)),
+                  in_axes=(0, 0, 0, None))(q, k, v, bias)
+  for got_x, want_x in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert got_x.shape == want_x.shape
+    assert_within_criterion("vmap", max_err(got_x, want_x), 0.0)

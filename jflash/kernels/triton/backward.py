@@ -34,7 +34,7 @@ from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
 
 
-def _scores(s, *, scale, score_mod, q_pos, kv_pos, slope):
+def _scores(s, *, scale, score_mod, bias, q_pos, kv_pos, slope):
   """(x, scale_of_x, dz/ds): what common.probabilities takes, and the soft-cap factor.
 
   Without a score modification x is the raw q.k (scaled inside `probabilities`); with
@@ -42,7 +42,7 @@ def _scores(s, *, scale, score_mod, q_pos, kv_pos, slope):
   """
   if not score_mod.active:
     return s, scale, None
-  z, dz_ds = score_mod.logits(s * scale, q_pos=q_pos, kv_pos=kv_pos, slope=slope,
+  z, dz_ds = score_mod.logits(s * scale, bias=bias, q_pos=q_pos, kv_pos=kv_pos, slope=slope,
                               with_grad=True)
   return z, 1.0, dz_ds
 
@@ -51,7 +51,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: f
                 spec: MaskSpec, score_mod: ScoreMod, names: tuple[str, ...], block_q: int,
                 block_kv: int, head_dim: int, groups: int):
   # q_ref, do_ref: [T, G, Hp]; k_ref, v_ref, dk_ref, dv_ref: [block_kv, Hp];
-  # lse_ref (common.lse_operand), delta_ref: [G, T]; q_seg [T], kv_seg [block_kv].
+  # lse_ref (common.lse_operand), delta_ref: [G, T]; q_seg [T], kv_seg [block_kv];
+  # bias, mask: [G, T, block_kv] (or [T, block_kv] when shared by the heads).
   *extra_refs, dk_ref, dv_ref = refs
   ex = variants.unpack(extra_refs, names)
   j, b, kv_head = pl.program_id(0), pl.program_id(1), pl.program_id(2)
@@ -62,6 +63,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: f
   kv_pos = kv_start + jnp.arange(block_kv)
   kv_in = kv_pos < spec.kv_len if spec.kv_len % block_kv else None
   kv_rows = None if kv_in is None else kv_in[:, None]
+  kv_cols = None if kv_in is None else kv_in[None, :]
   q_ragged = spec.q_len % block_q != 0
   precision = common.dot_precision(k_ref.dtype)
   k = common.load(k_ref, kv_rows, cols)
@@ -70,6 +72,10 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: f
 
   def one_head(g, carry):
     slope = ex.slopes[b, kv_head * groups + g] if score_mod.alibi else None
+
+    def score_tile(ref, q_slice, rows):  # this head's [block_kv, block_q] tile of ref
+      tile = ref.at[g, q_slice, :] if len(ref.shape) == 3 else ref.at[q_slice, :]
+      return variants.score_tile(tile, rows, kv_cols, transpose=True)
 
     def body(i, carry, masked):
       dk, dv = carry
@@ -84,7 +90,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: f
       lse = common.load(lse_ref.at[g, q_slice], in_range, other=jnp.inf)
       delta = common.load(delta_ref.at[g, q_slice], in_range)
       s_t = plgpu.dot(k, q, trans_b=True, precision=precision)  # [block_kv, block_q]
-      x_t, x_scale, dz_ds = _scores(s_t, scale=scale, score_mod=score_mod,
+      bias_t = score_tile(ex.bias, q_slice, rows) if score_mod.bias else None
+      x_t, x_scale, dz_ds = _scores(s_t, scale=scale, score_mod=score_mod, bias=bias_t,
                                     q_pos=(q_pos + pos.offset)[None, :],
                                     kv_pos=kv_pos[:, None], slope=slope)
       p_t = common.probabilities(x_t, lse[None, :], x_scale, q_ref.dtype)
@@ -93,6 +100,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: f
         if kv_seg is not None:
           q_seg = common.load(ex.q_seg.at[q_slice], in_range, other=-1)
           vis = vis & masks.segment_visible(kv_seg, q_seg)
+        if spec.dense_mask:
+          vis = vis & (score_tile(ex.mask, q_slice, rows) != 0)
         p_t = jnp.where(vis, p_t, 0.0)
       dv = dv + plgpu.dot(p_t.astype(do.dtype), do, precision=precision)
       dp_t = plgpu.dot(v, do, trans_b=True, precision=precision)
@@ -120,8 +129,11 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: fl
                spec: MaskSpec, score_mod: ScoreMod, names: tuple[str, ...], block_q: int,
                block_kv: int, head_dim: int, num_q_tiles: int):
   # q_ref, do_ref, dq_ref: [block_q, Hp]; k_ref, v_ref: [S, Hp]; lse_ref, delta_ref:
-  # [block_q]; q_seg [block_q], kv_seg [S].
-  *extra_refs, dq_ref = refs
+  # [block_q]; q_seg [block_q], kv_seg [S]; bias, mask, dbias_ref: [block_q, S].
+  if score_mod.bias_grad:
+    *extra_refs, _, dq_ref, dbias_ref = refs  # the aliased zeros input is dbias_ref
+  else:
+    *extra_refs, dq_ref = refs
   ex = variants.unpack(extra_refs, names)
   i = common.q_tile_index(pl.program_id(0), num_q_tiles, spec.is_causal)
   b, head = pl.program_id(1), pl.program_id(2)
@@ -147,10 +159,13 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: fl
     kv_pos = kv_start + jnp.arange(block_kv)
     kv_in = kv_pos < spec.kv_len if masked and kv_ragged else None
     kv_rows = None if kv_in is None else kv_in[:, None]
+    kv_cols = None if kv_in is None else kv_in[None, :]
     k = common.load(k_ref.at[kv_slice, :], kv_rows, cols)
     v = common.load(v_ref.at[kv_slice, :], kv_rows, cols)
     s = plgpu.dot(q, k, trans_b=True, precision=precision)  # [block_q, block_kv]
-    x, x_scale, dz_ds = _scores(s, scale=scale, score_mod=score_mod,
+    bias = (variants.score_tile(ex.bias.at[:, kv_slice], q_rows, kv_cols)
+            if score_mod.bias else None)
+    x, x_scale, dz_ds = _scores(s, scale=scale, score_mod=score_mod, bias=bias,
                                 q_pos=(q_pos + pos.offset)[:, None], kv_pos=kv_pos[None, :],
                                 slope=slope)
     p = common.probabilities(x, lse[:, None], x_scale, q_ref.dtype)
@@ -159,11 +174,15 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: fl
       if q_seg is not None:
         kv_seg = common.load(ex.kv_seg.at[kv_slice], kv_in, other=-2)
         vis = vis & masks.segment_visible(q_seg, kv_seg)
+      if spec.dense_mask:
+        vis = vis & (variants.score_tile(ex.mask.at[:, kv_slice], q_rows, kv_cols) != 0)
       p = jnp.where(vis, p, 0.0)
     dp = plgpu.dot(do, v, trans_b=True, precision=precision)
     ds = p * (dp - delta[:, None])
     if dz_ds is not None:
       ds = ds * dz_ds
+    if score_mod.bias_grad:  # dL/dbias is dL/d(logits); tiles never visited stay 0
+      common.store(dbias_ref.at[:, kv_slice], ds, q_rows, kv_cols)
     return dq + plgpu.dot(ds.astype(k.dtype), k, precision=precision)
 
   init = jnp.zeros((block_q, h_pad), jnp.float32)
@@ -190,7 +209,10 @@ def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec:
     interpret: run the kernels in Pallas interpret mode (CPU).
 
   Returns:
-    (dq, dk, dv) with the shapes and dtypes of (q, k, v).
+    (dq, dk, dv, dbias): dq, dk, dv with the shapes and dtypes of (q, k, v); dbias None,
+    or with ``score_mod.bias_grad`` float32 dL/dbias shaped like ``operands.bias``. It
+    is written as a full [B, N, T, S] float32 array first (4 B T N S bytes), then summed
+    over the bias's broadcast axes.
   """
   b, t, n, h = q.shape
   s_len, kv_heads = k.shape[1], k.shape[2]
@@ -206,10 +228,17 @@ def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec:
   grouped_rows = pl.BlockSpec((None, t, groups, h_pad), lambda j, bi, ki: (bi, 0, ki, 0))
   kv_tile = pl.BlockSpec((None, block_kv, None, h_pad), lambda j, bi, ki: (bi, j, ki, 0))
   grouped_stats = pl.BlockSpec((None, groups, t), lambda j, bi, ki: (bi, ki, 0))
+
+  def dkv_scores_spec(x):  # [G, T, block_kv] of the KV head's query heads, or [T, block_kv]
+    heads = groups if x.shape[1] > 1 else None
+    return pl.BlockSpec((None, heads, t, block_kv), lambda j, bi, ki: (
+        *variants.scores_index(x, bi, ki), 0, j))
+
   extras, extra_specs, names = variants.inputs(
-      spec, score_mod, operands, block_q=block_q, block_kv=block_kv, transpose=True,
+      spec, score_mod, operands, batch=b, block_q=block_q, block_kv=block_kv, transpose=True,
       q_seg_spec=pl.BlockSpec((None, t), lambda j, bi, ki: (bi, 0)),
-      kv_seg_spec=pl.BlockSpec((None, block_kv), lambda j, bi, ki: (bi, j)))
+      kv_seg_spec=pl.BlockSpec((None, block_kv), lambda j, bi, ki: (bi, j)),
+      scores_spec=dkv_scores_spec)
   dk, dv = pl.pallas_call(
       functools.partial(_dkv_kernel, scale=scale, spec=spec, score_mod=score_mod, names=names,
                         block_q=block_q, block_kv=block_kv, head_dim=h, groups=groups),
@@ -235,21 +264,39 @@ def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec:
   kv_rows = pl.BlockSpec((None, s_len, None, h_pad),
                          lambda i, bi, ni: (bi, 0, lax.div(ni, np.int32(groups)), 0))
   stats = pl.BlockSpec((None, None, block_q), lambda i, bi, ni: (bi, ni, q_block(i, bi, ni)[1]))
+
+  def scores_spec(x):  # rows of the query tile: [block_q, S]
+    return pl.BlockSpec((None, None, block_q, s_len), lambda i, bi, ni: (
+        *variants.scores_index(x, bi, ni), q_block(i, bi, ni)[1], 0))
+
   extras, extra_specs, names = variants.inputs(
-      spec, score_mod, operands, block_q=block_q, block_kv=block_kv,
+      spec, score_mod, operands, batch=b, block_q=block_q, block_kv=block_kv,
       q_seg_spec=pl.BlockSpec((None, block_q), lambda i, bi, ni: q_block(i, bi, ni)[:2]),
-      kv_seg_spec=pl.BlockSpec((None, s_len), lambda i, bi, ni: (bi, 0)))
+      kv_seg_spec=pl.BlockSpec((None, s_len), lambda i, bi, ni: (bi, 0)),
+      scores_spec=scores_spec)
+  out_specs, out_shape, aliases = q_tile, jax.ShapeDtypeStruct(q.shape, q.dtype), {}
+  if score_mod.bias_grad:  # dbias [B, N, T, S]: zeros in, the visited tiles written
+    dbias = jnp.zeros((b, n, t, s_len), jnp.float32)
+    extras, extra_specs = [*extras, dbias], [*extra_specs, scores_spec(dbias)]
+    out_specs, out_shape = [q_tile, scores_spec(dbias)], [out_shape, dbias]
+    aliases = {6 + len(extras) - 1: 1}
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, scale=scale, spec=spec, score_mod=score_mod, names=names,
                         block_q=block_q, block_kv=block_kv, head_dim=h,
                         num_q_tiles=num_q_tiles),
       grid=(num_q_tiles, b, n),
       in_specs=[q_tile, kv_rows, kv_rows, q_tile, stats, stats, *extra_specs],
-      out_specs=q_tile,
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      out_specs=out_specs,
+      out_shape=out_shape,
+      input_output_aliases=aliases,
       compiler_params=plgpu.CompilerParams(num_warps=config.num_warps_dq,
                                            num_stages=config.num_stages_dq),
       interpret=interpret,
       name="jflash_bwd_dq",
   )(q, k, v, do, lse2, delta, *extras)
-  return dq, dk, dv
+  dbias = None
+  if score_mod.bias_grad:
+    dq, dbias = dq
+    bias_shape = operands.bias.shape
+    dbias = jnp.sum(dbias, axis=tuple(a for a in (0, 1) if bias_shape[a] == 1), keepdims=True)
+  return dq, dk, dv, dbias

@@ -31,7 +31,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, scale: float, spec: MaskSpec,
                     score_mod: ScoreMod, names: tuple[str, ...], block_q: int, block_kv: int,
                     head_dim: int, num_q_tiles: int):
   # q_ref, o_ref: [block_q, Hp]; k_ref, v_ref: [S, Hp]; lse_ref: [block_q]; extras: see
-  # variants.py (q_seg_ref [block_q], kv_seg_ref [S]).
+  # variants.py (q_seg_ref [block_q], kv_seg_ref [S], bias, mask [block_q, S]).
   *extra_refs, o_ref, lse_ref = refs
   ex = variants.unpack(extra_refs, names)
   i = common.q_tile_index(pl.program_id(0), num_q_tiles, spec.is_causal)
@@ -61,16 +61,21 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, scale: float, spec: MaskSpec,
     kv_pos = kv_start + jnp.arange(block_kv)
     kv_in = kv_pos < spec.kv_len if masked and kv_ragged else None
     kv_rows = None if kv_in is None else kv_in[:, None]
+    kv_cols = None if kv_in is None else kv_in[None, :]
     k = common.load(k_ref.at[kv_slice, :], kv_rows, cols)
     s = plgpu.dot(q, k, trans_b=True, precision=precision)  # [block_q, block_kv] fp32
     if score_mod.active:
-      s = score_mod.logits(s * scale, q_pos=(q_pos + pos.offset)[:, None],
+      bias = (variants.score_tile(ex.bias.at[:, kv_slice], q_rows, kv_cols)
+              if score_mod.bias else None)
+      s = score_mod.logits(s * scale, bias=bias, q_pos=(q_pos + pos.offset)[:, None],
                            kv_pos=kv_pos[None, :], slope=slope) * common.LOG2E
     if masked:
       vis = spec.visible(q_pos[:, None], kv_pos[None, :], pos)
       if q_seg is not None:
         kv_seg = common.load(ex.kv_seg.at[kv_slice], kv_in, other=-2)
         vis = vis & masks.segment_visible(q_seg, kv_seg)
+      if spec.dense_mask:
+        vis = vis & (variants.score_tile(ex.mask.at[:, kv_slice], q_rows, kv_cols) != 0)
       s = jnp.where(vis, s, -jnp.inf)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.
@@ -136,10 +141,15 @@ def forward(q, k, v, operands: Operands, *, scale: float, spec: MaskSpec,
   def kv_block(i, bi, ni):
     return bi, 0, lax.div(ni, np.int32(groups)), 0
 
+  def scores_spec(x):  # bias / mask rows of the query tile: [block_q, S]
+    return pl.BlockSpec((None, None, block_q, s_len), lambda i, bi, ni: (
+        *variants.scores_index(x, bi, ni), q_block(i, bi, ni)[1], 0))
+
   extras, extra_specs, names = variants.inputs(
-      spec, score_mod, operands, block_q=block_q, block_kv=block_kv,
+      spec, score_mod, operands, batch=b, block_q=block_q, block_kv=block_kv,
       q_seg_spec=pl.BlockSpec((None, block_q), lambda i, bi, ni: q_block(i, bi, ni)[:2]),
-      kv_seg_spec=pl.BlockSpec((None, s_len), lambda i, bi, ni: (bi, 0)))
+      kv_seg_spec=pl.BlockSpec((None, s_len), lambda i, bi, ni: (bi, 0)),
+      scores_spec=scores_spec)
   kernel = functools.partial(_forward_kernel, scale=scale, spec=spec, score_mod=score_mod,
                              names=names, block_q=block_q, block_kv=block_kv, head_dim=h,
                              num_q_tiles=num_q_tiles)

@@ -6,7 +6,9 @@ for the call's variants, in this order, each only when its variant is on:
 * ``pos``: [B, 3] int32 (q_offset, query length, key length), read as scalars;
 * ``q_seg``, ``kv_seg``: [B, T], [B, S] int32 segment ids, tiled by the kernel;
 * ``count``, ``index``, ``full``: the kernel's tile lists (:func:`jflash.masks.tile_lists`);
-* ``slopes``: [B, N] float32 ALiBi slopes, read as scalars.
+* ``slopes``: [B, N] float32 ALiBi slopes, read as scalars;
+* ``bias``, ``mask``: [B or 1, N or 1, T, S] additive bias and int8 mask, tiled by the
+  kernel like its score tiles (the backward's dK/dV kernel reads them transposed).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jflash import masks
+from jflash.kernels.triton import common
 from jflash.backends import Operands
 from jflash.masks import MaskSpec, Positions
 from jflash.scores import ScoreMod
@@ -32,6 +35,8 @@ class Extras(NamedTuple):
   index: Any = None
   full: Any = None
   slopes: Any = None
+  bias: Any = None
+  mask: Any = None
 
   def positions(self, spec: MaskSpec, b) -> Positions:
     """The positional mask values of batch element `b` (static ints where possible)."""
@@ -46,12 +51,14 @@ def _whole(x):
   return pl.BlockSpec(x.shape, lambda *_: (0,) * x.ndim)
 
 
-def inputs(spec: MaskSpec, score_mod: ScoreMod, operands: Operands, *, block_q: int,
-           block_kv: int, q_seg_spec, kv_seg_spec, transpose: bool = False):
+def inputs(spec: MaskSpec, score_mod: ScoreMod, operands: Operands, *, batch: int,
+           block_q: int, block_kv: int, q_seg_spec, kv_seg_spec, scores_spec,
+           transpose: bool = False):
   """(arrays, block specs, names) of a kernel's extra inputs.
 
-  `q_seg_spec` / `kv_seg_spec` are the BlockSpecs the kernel reads segment ids with;
-  `block_q`, `block_kv`, `transpose` shape its tile lists.
+  `q_seg_spec` / `kv_seg_spec` are the BlockSpecs the kernel reads segment ids with,
+  `scores_spec(x)` the BlockSpec it reads a [B or 1, N or 1, T, S] bias or mask `x`
+  with; `block_q`, `block_kv`, `transpose` shape its tile lists.
   """
   arrays, specs, names = [], [], []
 
@@ -68,14 +75,31 @@ def inputs(spec: MaskSpec, score_mod: ScoreMod, operands: Operands, *, block_q: 
   if spec.segment_ids:
     add("q_seg", operands.q_segment_ids, q_seg_spec)
     add("kv_seg", operands.kv_segment_ids, kv_seg_spec)
-    lists = masks.tile_lists(spec, block_q, block_kv, positions=positions,
+  if spec.uses_tile_lists:
+    lists = masks.tile_lists(spec, block_q, block_kv, batch=batch, positions=positions,
                              q_segment_ids=operands.q_segment_ids,
-                             kv_segment_ids=operands.kv_segment_ids, transpose=transpose)
+                             kv_segment_ids=operands.kv_segment_ids, mask=operands.mask,
+                             transpose=transpose)
     for name, x in zip(("count", "index", "full"), lists):
       add(name, x)
   if score_mod.alibi:
     add("slopes", operands.alibi_slopes)
+  if score_mod.bias:
+    add("bias", operands.bias, scores_spec(operands.bias))
+  if spec.dense_mask:
+    add("mask", operands.mask, scores_spec(operands.mask))
   return arrays, specs, tuple(names)
+
+
+def scores_index(x, b, head):
+  """The (batch, head) block index of a [B or 1, N or 1, T, S] operand: 0 on broadcast axes."""
+  return (b if x.shape[0] > 1 else 0), (head if x.shape[1] > 1 else 0)
+
+
+def score_tile(ref, rows, cols, *, transpose: bool = False, other=0):
+  """A [rows, cols] tile of a bias or mask block (transposed for the dK/dV kernel)."""
+  x = common.load(ref, rows, cols, other=other)
+  return x.T if transpose else x
 
 
 def unpack(refs, names) -> Extras:

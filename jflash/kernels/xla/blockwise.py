@@ -49,6 +49,15 @@ class _Call(NamedTuple):
   q_seg: jax.Array | None   # [B, T'] int32, padded
   kv_seg: jax.Array | None  # [B, S'] int32, padded
   slopes: jax.Array | None  # [B, K, G, 1, 1] float32
+  bias: jax.Array | None    # [B or 1, K or 1, G or 1, T', S'], padded with 0
+  mask: jax.Array | None    # [B or 1, K or 1, G or 1, T', S'] bool, padded with False
+
+
+def _scores_operand(x, kv_heads, groups, nq, bq, nkv, bkv, value):
+  """[B or 1, N or 1, T, S] -> [B or 1, K or 1, G or 1, T', S'], padded with `value`."""
+  x = _pad_to(_pad_to(x, 2, nq * bq, value), 3, nkv * bkv, value)
+  heads = (kv_heads, groups) if x.shape[1] > 1 else (1, 1)
+  return x.reshape(x.shape[0], *heads, *x.shape[2:])
 
 
 def _setup(spec, score_mod, scale, config, operands: Operands, b, kv_heads, groups):
@@ -62,7 +71,19 @@ def _setup(spec, score_mod, scale, config, operands: Operands, b, kv_heads, grou
     kv_seg = _pad_to(operands.kv_segment_ids, 1, nkv * bkv, -2)
   if score_mod.alibi:
     slopes = operands.alibi_slopes.reshape(b, kv_heads, groups, 1, 1)
-  return _Call(spec, score_mod, scale, bq, bkv, pos, flat, q_seg, kv_seg, slopes), nq, nkv
+  tiles = (kv_heads, groups, nq, bq, nkv, bkv)
+  bias = mask = None
+  if score_mod.bias:
+    bias = _scores_operand(operands.bias, *tiles, 0)
+  if spec.dense_mask:
+    mask = _scores_operand(operands.mask != 0, *tiles, False)
+  call = _Call(spec, score_mod, scale, bq, bkv, pos, flat, q_seg, kv_seg, slopes, bias, mask)
+  return call, nq, nkv
+
+
+def _score_tile(x, q_start, kv_start, bq, bkv):
+  return lax.dynamic_slice_in_dim(lax.dynamic_slice_in_dim(x, q_start, bq, axis=3),
+                                  kv_start, bkv, axis=4)
 
 
 def _logits(call: _Call, s, q_idx, kv_idx, masked: bool, with_grad=False):
@@ -74,7 +95,9 @@ def _logits(call: _Call, s, q_idx, kv_idx, masked: bool, with_grad=False):
   qi, kj = q_idx[:, None], kv_idx[None, :]
   z, dz_ds = s, None
   if call.score_mod.active:
-    z, dz_ds = call.score_mod.logits(s, q_pos=qi + call.pos.offset, kv_pos=kj,
+    bias = (_score_tile(call.bias, q_idx[0], kv_idx[0], call.bq, call.bkv)
+            if call.bias is not None else None)
+    z, dz_ds = call.score_mod.logits(s, bias=bias, q_pos=qi + call.pos.offset, kv_pos=kj,
                                      slope=call.slopes, with_grad=True)
   if masked:
     vis = call.spec.visible(qi, kj, call.pos)
@@ -82,6 +105,8 @@ def _logits(call: _Call, s, q_idx, kv_idx, masked: bool, with_grad=False):
       q_seg = lax.dynamic_slice_in_dim(call.q_seg, q_idx[0], call.bq, axis=1)
       kv_seg = lax.dynamic_slice_in_dim(call.kv_seg, kv_idx[0], call.bkv, axis=1)
       vis = vis & (q_seg[:, None, None, :, None] == kv_seg[:, None, None, None, :])
+    if call.mask is not None:
+      vis = vis & _score_tile(call.mask, q_idx[0], kv_idx[0], call.bq, call.bkv)
     z = jnp.where(vis, z, -jnp.inf)
   return (z, dz_ds) if with_grad else z
 
@@ -110,14 +135,16 @@ def _fold(call: _Call, start, transpose: bool, body, carry, lists):
   return masks.fold_tiles(masks.ordered(*union), body, carry)
 
 
-def _lists(call: _Call, transpose: bool):
-  """The batch's union tile list [R, C] for segment-id calls, else None."""
-  if call.q_seg is None:
-    return None
+def _lists(call: _Call, operands: Operands, transpose: bool):
+  """The batch's union tile list [R, C] for calls with runtime tile classes, else None."""
   spec = call.spec
-  kind = masks.tile_classes(spec, call.bq, call.bkv, positions=call.flat,
-                            q_segment_ids=call.q_seg[:, :spec.q_len],
-                            kv_segment_ids=call.kv_seg[:, :spec.kv_len], transpose=transpose)
+  if not spec.uses_tile_lists:
+    return None
+  batch = next(x.shape[0] for x in (operands.q_segment_ids, operands.mask) if x is not None)
+  kind = masks.tile_classes(spec, call.bq, call.bkv, batch=batch, positions=call.flat,
+                            q_segment_ids=operands.q_segment_ids,
+                            kv_segment_ids=operands.kv_segment_ids, mask=operands.mask,
+                            transpose=transpose)
   union = jnp.where(jnp.any(kind != masks.SKIP, axis=0),
                     jnp.where(jnp.all(kind == masks.FULL, axis=0), masks.FULL, masks.MASKED),
                     masks.SKIP)
@@ -148,7 +175,7 @@ def forward(q, k, v, operands: Operands, *, scale: float, spec: MaskSpec,
   prec = _precision(q.dtype)
   q_tiles = _pad_to(q, 1, nq * bq).reshape(b, nq, bq, kv_heads, g, h).swapaxes(0, 1)
   k, v = (_pad_to(x, 1, nkv * bkv) for x in (k, v))
-  lists = _lists(call, transpose=False)
+  lists = _lists(call, operands, transpose=False)
 
   def one_q_tile(args):
     i, qi = args  # qi [B, bq, K, G, H]
@@ -201,9 +228,10 @@ def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec:
     config: `block_q` and `block_kv` are the query and key tile sizes.
 
   Returns:
-    (dq, dk, dv) in the dtypes and shapes of (q, k, v). dK/dV sum over the query heads of
-    each GQA group inside the loop, so no atomics are needed and the result is
-    deterministic.
+    (dq, dk, dv, dbias): dq, dk, dv in the dtypes and shapes of (q, k, v). dK/dV sum over
+    the query heads of each GQA group inside the loop, so no atomics are needed and the
+    result is deterministic. dbias is None, or with ``score_mod.bias_grad`` float32
+    dL/dbias shaped like ``operands.bias`` (built as a full [B, N, T, S] array first).
   """
   b, t, n, h = q.shape
   s_len, kv_heads = k.shape[1], k.shape[2]
@@ -237,24 +265,29 @@ def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec:
   def tile(x, start, size):
     return lax.dynamic_slice_in_dim(x, start, size, axis=1)
 
-  dq_lists = _lists(call, transpose=False)
+  dq_lists = _lists(call, operands, transpose=False)
 
   def one_q_tile(i):
     q_idx = i * bq + jnp.arange(bq)
     qi, doi = tile(qg, i * bq, bq), tile(dog, i * bq, bq)
     lse_i, delta_i = tile(lseg, i * bq, bq), tile(deltag, i * bq, bq)
 
-    def body(j, dq, masked):
+    def body(j, carry, masked):
+      dq, dbias = carry
       kj, vj = tile(kp, j * bkv, bkv), tile(vp, j * bkv, bkv)
       _, ds = grads(qi, kj, vj, doi, lse_i, delta_i, q_idx, j * bkv + jnp.arange(bkv), masked)
+      if dbias is not None:  # dL/dbias = dL/dlogits; tiles never visited stay 0
+        dbias = lax.dynamic_update_slice_in_dim(dbias, ds, j * bkv, axis=4)
       return dq + jnp.einsum("bkgqs,bskh->bqkgh", ds.astype(k.dtype), kj, precision=prec,
-                             preferred_element_type=jnp.float32)
+                             preferred_element_type=jnp.float32), dbias
 
-    dq = _fold(call, i * bq, False, body, jnp.zeros((b, bq, kv_heads, g, h), jnp.float32),
-               dq_lists)
-    return (dq * scale).astype(q.dtype)
+    dbias = (jnp.zeros((b, kv_heads, g, bq, nkv * bkv), jnp.float32)
+             if score_mod.bias_grad else None)
+    dq, dbias = _fold(call, i * bq, False, body,
+                      (jnp.zeros((b, bq, kv_heads, g, h), jnp.float32), dbias), dq_lists)
+    return (dq * scale).astype(q.dtype), dbias
 
-  dkv_lists = _lists(call, transpose=True)
+  dkv_lists = _lists(call, operands, transpose=True)
 
   def one_kv_tile(j):
     kv_idx = j * bkv + jnp.arange(bkv)
@@ -275,8 +308,12 @@ def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec:
     dk, dv = _fold(call, j * bkv, True, body, (zeros, zeros), dkv_lists)
     return (dk * scale).astype(k.dtype), dv.astype(v.dtype)
 
-  dq = lax.map(one_q_tile, jnp.arange(nq, dtype=jnp.int32))  # [nq, B, bq, K, G, H]
+  dq, dbias = lax.map(one_q_tile, jnp.arange(nq, dtype=jnp.int32))  # [nq, B, bq, K, G, H]
   dq = dq.swapaxes(0, 1).reshape(b, nq * bq, n, h)[:, :t]
+  if dbias is not None:  # [nq, B, K, G, bq, S'] -> [B, N, T, S], summed to the bias's shape
+    dbias = dbias.transpose(1, 2, 3, 0, 4, 5).reshape(b, n, nq * bq, -1)[:, :, :t, :s_len]
+    dbias = jnp.sum(dbias, axis=tuple(a for a in (0, 1) if operands.bias.shape[a] == 1),
+                    keepdims=True)
   dk, dv = lax.map(one_kv_tile, jnp.arange(nkv, dtype=jnp.int32))  # [nkv, B, bkv, K, H]
   dk, dv = (x.swapaxes(0, 1).reshape(b, nkv * bkv, kv_heads, h)[:, :s_len] for x in (dk, dv))
-  return dq, dk, dv
+  return dq, dk, dv, dbias

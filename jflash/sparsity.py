@@ -1,0 +1,624 @@
+"""Static block-sparse masks: which (query, key) pairs attend, known at trace time.
+
+A :class:`Mask` is a small, immutable, hashable description of a boolean T x S mask:
+``mask(i, j)`` is True where query i attends to key j (raw indices, 0 <= i < T and
+0 <= j < S). Primitives (:class:`Causal`, :class:`LocalWindow`, :class:`ChunkedCausal`,
+:class:`Strided`, :class:`GlobalTokens`, :class:`BlockLayout`) compose with ``&`` and
+``|``; the factorised "strided" head of Child et al. (2019) with stride 128 is::
+
+    (Strided(128) | LocalWindow(127, 0)) & Causal()
+
+Because a mask is static, its block-sparse structure (FlashAttention, Dao et al. 2022,
+Sec. 3.3) is computed once, on the host at trace time, by :func:`block_info`. It
+classifies every tile of a (block_q, block_kv) tiling of the score matrix::
+
+    SKIP    no entry is visible: never loaded, never computed
+    MASKED  some entries are visible: computed, then masked with the tile's pattern
+    FULL    every entry is visible: computed, never masked
+
+A kernel visits only the non-SKIP tiles, through per-block-row compact lists of tile
+indices built once from ``BlockInfo.kind`` (e.g. with :func:`jflash.masks.compact`), so
+its work grows with the number of visited tiles (:func:`density`), not with T x S. A
+MASKED tile reads its pattern from ``BlockInfo.blocks[BlockInfo.block_ids[r, c]]``: the
+distinct partial patterns are deduplicated, and structured masks have few of them (with
+square tiles, every interior diagonal tile of ``Causal()`` shares one). The backward
+pass, which walks key tiles and for each the query tiles that see it, uses
+:func:`transposed`.
+
+Everything here is NumPy on Python ints: masks are never traced, and :func:`block_info`
+is memoised on (mask, sizes), so a jitted function retraced with the same mask does
+not pay for it twice.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+SKIP, MASKED, FULL = 0, 1, 2  # tile classes of `block_info` (as in jflash.masks)
+
+
+def _int(owner: str, name: str, value, minimum: int | None = None,
+         allow_none: bool = False) -> int | None:
+  """`value` as a Python int (None passes if `allow_none`), else ValueError."""
+  if value is None and allow_none:
+    return None
+  ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+  if ok and (minimum is None or value >= minimum):
+    return int(value)
+  kind = "an int" if minimum is None else (
+      "a positive int" if minimum == 1 else f"an int >= {minimum}")
+  if minimum == 0:
+    kind = "a non-negative int"
+  if allow_none:
+    kind += " or None"
+  raise ValueError(f"{owner}: {name} must be {kind}, got {value!r}")
+
+
+def _indices(q_idx, kv_idx) -> tuple[np.ndarray, np.ndarray]:
+  q, k = np.asarray(q_idx), np.asarray(kv_idx)
+  for name, x in (("q_idx", q), ("kv_idx", k)):
+    if not np.issubdtype(x.dtype, np.integer):
+      raise ValueError(f"{name} must be an integer array, got dtype {x.dtype}")
+  return q, k
+
+
+def _all_visible(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+  return np.ones(np.broadcast_shapes(q.shape, k.shape), bool)
+
+
+class Mask(abc.ABC):
+  """A static attention mask: which query index sees which key index.
+
+  Subclasses are frozen dataclasses (hashable, equal when their fields are equal), so
+  a mask can key a cache and be a static argument of ``jax.jit``. Compose masks with
+  ``a & b`` (:class:`And`: visible where both are) and ``a | b`` (:class:`Or`: visible
+  where either is).
+
+  A subclass implements :meth:`__call__`; it may also override :meth:`check` (sizes it
+  cannot apply to) and ``_row_intervals`` (a fast path of :func:`block_info` for masks
+  whose every query row sees one contiguous run of keys).
+  """
+
+  @abc.abstractmethod
+  def __call__(self, q_idx, kv_idx) -> np.ndarray:
+    """Whether query `q_idx` attends to key `kv_idx`, with NumPy broadcasting.
+
+    Args:
+      q_idx: integer array (or int) of query indices i, usually [T, 1].
+      kv_idx: integer array (or int) of key indices j, usually [1, S].
+
+    Returns:
+      np.bool_ array of the broadcast shape: True where query i sees key j.
+
+    Raises:
+      ValueError: an index array is not of an integer dtype.
+    """
+
+  def check(self, q_len: int, kv_len: int) -> None:
+    """Raises ValueError if the mask cannot apply to a T=q_len x S=kv_len problem."""
+    del q_len, kv_len
+
+  def _row_intervals(self, q_idx: np.ndarray, kv_len: int):
+    """Per query row, the half-open run of keys it sees, or None if rows are not runs.
+
+    Args:
+      q_idx: int64 [n] query indices.
+      kv_len: S.
+
+    Returns:
+      None, or (lo, hi): int64 [n] each, in [0, S], such that among keys 0 <= j < S
+      query q_idx[r] sees exactly lo[r] <= j < hi[r] (none when lo[r] >= hi[r]).
+    """
+    del q_idx, kv_len
+    return None
+
+  def __and__(self, other):
+    if not isinstance(other, Mask):
+      return NotImplemented
+    return And(self, other)
+
+  def __or__(self, other):
+    if not isinstance(other, Mask):
+      return NotImplemented
+    return Or(self, other)
+
+
+@dataclasses.dataclass(frozen=True)
+class Causal(Mask):
+  """Query i sees key j iff ``j <= i + offset``.
+
+  ``offset = 0`` is the top-left alignment of jax.nn; ``offset = S - T`` aligns the last
+  query with the last key (decoding against a cache). T=4, S=6::
+
+      Causal()            Causal(offset=2)
+      x . . . . .         x x x . . .
+      x x . . . .         x x x x . .
+      x x x . . .         x x x x x .
+      x x x x . .         x x x x x x
+
+  Attributes:
+    offset: an int (any sign).
+
+  Raises:
+    ValueError: offset is not an int.
+  """
+
+  offset: int = 0
+
+  def __post_init__(self):
+    object.__setattr__(self, "offset", _int("Causal", "offset", self.offset))
+
+  def __call__(self, q_idx, kv_idx) -> np.ndarray:
+    q, k = _indices(q_idx, kv_idx)
+    return k <= q + self.offset
+
+  def _row_intervals(self, q_idx, kv_len):
+    hi = np.clip(q_idx + (self.offset + 1), 0, kv_len)
+    return np.zeros_like(hi), hi
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalWindow(Mask):
+  """Query i sees key j iff ``i + offset - left <= j <= i + offset + right``.
+
+  None leaves that side unbounded (sliding-window attention, e.g. Mistral:
+  ``Causal() & LocalWindow(w - 1, 0)``, or simply ``LocalWindow(w - 1, 0)``). T=4, S=6::
+
+      LocalWindow(1, 1)   LocalWindow(1, 0)   LocalWindow(None, 1, offset=2)
+      x x . . . .         x . . . . .         x x x x . .
+      x x x . . .         x x . . . .         x x x x x .
+      . x x x . .         . x x . . .         x x x x x x
+      . . x x x .         . . x x . .         x x x x x x
+
+  Attributes:
+    left: keys before the query's position it sees: a non-negative int or None.
+    right: keys after the query's position it sees: a non-negative int or None.
+    offset: query i sits at position ``i + offset`` (an int).
+
+  Raises:
+    ValueError: left or right is negative or not an int (nor None), or offset is not
+      an int.
+  """
+
+  left: int | None
+  right: int | None
+  offset: int = 0
+
+  def __post_init__(self):
+    object.__setattr__(self, "left", _int("LocalWindow", "left", self.left, 0, True))
+    object.__setattr__(self, "right", _int("LocalWindow", "right", self.right, 0, True))
+    object.__setattr__(self, "offset", _int("LocalWindow", "offset", self.offset))
+
+  def __call__(self, q_idx, kv_idx) -> np.ndarray:
+    q, k = _indices(q_idx, kv_idx)
+    at = q + self.offset
+    if self.left is None and self.right is None:
+      return _all_visible(q, k)
+    if self.left is None:
+      return k <= at + self.right
+    if self.right is None:
+      return k >= at - self.left
+    return (k >= at - self.left) & (k <= at + self.right)
+
+  def _row_intervals(self, q_idx, kv_len):
+    at = q_idx + self.offset
+    lo = (np.zeros_like(at) if self.left is None
+          else np.clip(at - self.left, 0, kv_len))
+    hi = (np.full_like(at, kv_len) if self.right is None
+          else np.clip(at + (self.right + 1), 0, kv_len))
+    return lo, hi
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkedCausal(Mask):
+  """Query i sees key j iff ``i // chunk_size == j // chunk_size and j <= i``.
+
+  Causal attention within consecutive chunks, nothing across them (Llama 4's chunked
+  attention layers). ChunkedCausal(2), T=S=6::
+
+      x . . . . .
+      x x . . . .
+      . . x . . .
+      . . x x . .
+      . . . . x .
+      . . . . x x
+
+  Attributes:
+    chunk_size: a positive int.
+
+  Raises:
+    ValueError: chunk_size is not a positive int.
+  """
+
+  chunk_size: int
+
+  def __post_init__(self):
+    object.__setattr__(self, "chunk_size",
+                       _int("ChunkedCausal", "chunk_size", self.chunk_size, 1))
+
+  def __call__(self, q_idx, kv_idx) -> np.ndarray:
+    q, k = _indices(q_idx, kv_idx)
+    return (q // self.chunk_size == k // self.chunk_size) & (k <= q)
+
+  def _row_intervals(self, q_idx, kv_len):
+    lo = np.clip(q_idx // self.chunk_size * self.chunk_size, 0, kv_len)
+    return lo, np.clip(q_idx + 1, 0, kv_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class Strided(Mask):
+  """Query i sees key j iff ``(i - j) % stride == 0``.
+
+  The strided head of Child et al. (2019), "Generating Long Sequences with Sparse
+  Transformers". Composed, it gives their factorised patterns, e.g. with stride l::
+
+      (Strided(l) | LocalWindow(l - 1, 0)) & Causal()   # both heads in one
+      Strided(l) & Causal()                             # the strided head alone
+
+  Strided(3), and ``(Strided(3) | LocalWindow(1, 0)) & Causal()``, T=S=6::
+
+      x . . x . .         x . . . . .
+      . x . . x .         x x . . . .
+      . . x . . x         . x x . . .
+      x . . x . .         x . x x . .
+      . x . . x .         . x . x x .
+      . . x . . x         . . x . x x
+
+  Attributes:
+    stride: a positive int.
+
+  Raises:
+    ValueError: stride is not a positive int.
+  """
+
+  stride: int
+
+  def __post_init__(self):
+    object.__setattr__(self, "stride", _int("Strided", "stride", self.stride, 1))
+
+  def __call__(self, q_idx, kv_idx) -> np.ndarray:
+    q, k = _indices(q_idx, kv_idx)
+    if self.stride & (self.stride - 1) == 0:  # a power of two: a mask, not a division
+      return (q - k) & (self.stride - 1) == 0
+    return (q - k) % self.stride == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalTokens(Mask):
+  """Query i sees key j iff ``i < num_tokens or j < num_tokens``.
+
+  The first num_tokens tokens are global: they see, and are seen by, every token
+  (Longformer, BigBird). Combine with a local pattern, e.g.
+  ``GlobalTokens(2) | LocalWindow(1, 1)``. GlobalTokens(2), and that, T=S=6::
+
+      x x x x x x         x x x x x x
+      x x x x x x         x x x x x x
+      x x . . . .         x x x x . .
+      x x . . . .         x x x x x .
+      x x . . . .         x x . x x x
+      x x . . . .         x x . . x x
+
+  Attributes:
+    num_tokens: a non-negative int.
+
+  Raises:
+    ValueError: num_tokens is not a non-negative int.
+  """
+
+  num_tokens: int
+
+  def __post_init__(self):
+    object.__setattr__(self, "num_tokens",
+                       _int("GlobalTokens", "num_tokens", self.num_tokens, 0))
+
+  def __call__(self, q_idx, kv_idx) -> np.ndarray:
+    q, k = _indices(q_idx, kv_idx)
+    return (q < self.num_tokens) | (k < self.num_tokens)
+
+  def _row_intervals(self, q_idx, kv_len):
+    hi = np.where(q_idx < self.num_tokens, kv_len, min(self.num_tokens, kv_len))
+    return np.zeros_like(q_idx), hi.astype(q_idx.dtype)
+
+
+@dataclasses.dataclass(frozen=True, init=False, repr=False)
+class BlockLayout(Mask):
+  """Query i sees key j iff ``layout[i // block_q, j // block_kv]``.
+
+  A user-given block pattern (e.g. BigBird's random blocks). The layout must cover the
+  problem exactly: shape (ceil(T / block_q), ceil(S / block_kv)) (see :meth:`check`).
+  Indices outside the layout are not visible. ``BlockLayout([[1, 0], [1, 1]], 2, 3)``,
+  T=4, S=6::
+
+      x x x . . .
+      x x x . . .
+      x x x x x x
+      x x x x x x
+
+  The layout is stored as bytes, so the mask is hashable and equal to another with the
+  same layout and block sizes.
+
+  Args:
+    layout: 2-D array-like of bools (or of 0/1 ints), with at least one entry.
+    block_q: rows of the mask per layout row, a positive int.
+    block_kv: columns of the mask per layout column, a positive int.
+
+  Raises:
+    ValueError: layout is not a non-empty 2-D array of bools or 0/1 ints, or a block
+      size is not a positive int.
+  """
+
+  layout_shape: tuple[int, int]
+  layout_bytes: bytes
+  block_q: int
+  block_kv: int
+
+  def __init__(self, layout, block_q: int, block_kv: int):
+    arr = np.asarray(layout)
+    if arr.ndim != 2 or arr.size == 0:
+      raise ValueError(f"BlockLayout: layout must be a non-empty 2-D array, got shape "
+                       f"{arr.shape}")
+    if arr.dtype != np.bool_:
+      if not np.issubdtype(arr.dtype, np.integer) or not np.isin(arr, (0, 1)).all():
+        raise ValueError(f"BlockLayout: layout must hold bools or 0/1 ints, got dtype "
+                         f"{arr.dtype} with values {np.unique(arr)[:8]}")
+      arr = arr.astype(bool)
+    object.__setattr__(self, "layout_shape", (int(arr.shape[0]), int(arr.shape[1])))
+    object.__setattr__(self, "layout_bytes", np.ascontiguousarray(arr).tobytes())
+    object.__setattr__(self, "block_q", _int("BlockLayout", "block_q", block_q, 1))
+    object.__setattr__(self, "block_kv", _int("BlockLayout", "block_kv", block_kv, 1))
+
+  @property
+  def layout(self) -> np.ndarray:
+    """The layout: a read-only np.bool_ array of shape `layout_shape`."""
+    return np.frombuffer(self.layout_bytes, np.bool_).reshape(self.layout_shape)
+
+  def __repr__(self) -> str:
+    n, m = self.layout_shape
+    return (f"BlockLayout(layout=<bool[{n}, {m}], {int(self.layout.sum())} set>, "
+            f"block_q={self.block_q}, block_kv={self.block_kv})")
+
+  def __call__(self, q_idx, kv_idx) -> np.ndarray:
+    q, k = _indices(q_idx, kv_idx)
+    n, m = self.layout_shape
+    r, c = q // self.block_q, k // self.block_kv
+    inside = (r >= 0) & (r < n) & (c >= 0) & (c < m)
+    return self.layout[np.clip(r, 0, n - 1), np.clip(c, 0, m - 1)] & inside
+
+  def check(self, q_len: int, kv_len: int) -> None:
+    """Raises ValueError unless the layout has shape (ceil(T/block_q), ceil(S/block_kv))."""
+    need = (-(-q_len // self.block_q), -(-kv_len // self.block_kv))
+    if self.layout_shape != need:
+      raise ValueError(
+          f"BlockLayout: layout shape {self.layout_shape} does not cover T={q_len} x "
+          f"S={kv_len} with blocks ({self.block_q}, {self.block_kv}): it needs shape "
+          f"{need}")
+
+
+def _parts(cls, masks: tuple) -> tuple[Mask, ...]:
+  """The parts of an And/Or: validated, with nested ones of the same kind flattened."""
+  name = cls.__name__
+  if len(masks) < 2:
+    raise ValueError(f"{name} needs at least two masks, got {len(masks)}: {masks!r}")
+  flat = []
+  for m in masks:
+    if not isinstance(m, Mask):
+      raise ValueError(f"{name}: every part must be a Mask, got {m!r} "
+                       f"({type(m).__name__})")
+    flat.extend(m.masks if type(m) is cls else (m,))
+  return tuple(flat)
+
+
+@dataclasses.dataclass(frozen=True, init=False, repr=False)
+class And(Mask):
+  """Visible where every part is: ``And(a, b)`` is ``a & b``.
+
+  Nested Ands are flattened: ``a & b & c == And(a, b, c)``. ``Causal() & LocalWindow(1,
+  0)``, T=S=4::
+
+      x . . .
+      x x . .
+      . x x .
+      . . x x
+
+  Args:
+    *masks: at least two Mask instances.
+
+  Raises:
+    ValueError: fewer than two parts, or a part that is not a Mask.
+  """
+
+  masks: tuple[Mask, ...]
+
+  def __init__(self, *masks: Mask):
+    object.__setattr__(self, "masks", _parts(And, masks))
+
+  def __repr__(self) -> str:
+    return f"And({', '.join(map(repr, self.masks))})"
+
+  def __call__(self, q_idx, kv_idx) -> np.ndarray:
+    out = self.masks[0](q_idx, kv_idx)
+    for m in self.masks[1:]:
+      out = out & m(q_idx, kv_idx)
+    return out
+
+  def check(self, q_len: int, kv_len: int) -> None:
+    for m in self.masks:
+      m.check(q_len, kv_len)
+
+  def _row_intervals(self, q_idx, kv_len):
+    runs = [m._row_intervals(q_idx, kv_len) for m in self.masks]
+    if any(r is None for r in runs):
+      return None
+    return (functools.reduce(np.maximum, [lo for lo, _ in runs]),
+            functools.reduce(np.minimum, [hi for _, hi in runs]))
+
+
+@dataclasses.dataclass(frozen=True, init=False, repr=False)
+class Or(Mask):
+  """Visible where any part is: ``Or(a, b)`` is ``a | b``.
+
+  Nested Ors are flattened: ``a | b | c == Or(a, b, c)``. ``GlobalTokens(1) |
+  LocalWindow(0, 0)``, T=S=4::
+
+      x x x x
+      x x . .
+      x . x .
+      x . . x
+
+  Args:
+    *masks: at least two Mask instances.
+
+  Raises:
+    ValueError: fewer than two parts, or a part that is not a Mask.
+  """
+
+  masks: tuple[Mask, ...]
+
+  def __init__(self, *masks: Mask):
+    object.__setattr__(self, "masks", _parts(Or, masks))
+
+  def __repr__(self) -> str:
+    return f"Or({', '.join(map(repr, self.masks))})"
+
+  def __call__(self, q_idx, kv_idx) -> np.ndarray:
+    out = self.masks[0](q_idx, kv_idx)
+    for m in self.masks[1:]:
+      out = out | m(q_idx, kv_idx)
+    return out
+
+  def check(self, q_len: int, kv_len: int) -> None:
+    for m in self.masks:
+      m.check(q_len, kv_len)
+
+
+class BlockInfo(NamedTuple):
+  """The block-sparse structure of a mask on a (block_q, block_kv) tiling.
+
+  With nq = ceil(T / block_q) and nkv = ceil(S / block_kv). The arrays are read-only
+  (they are shared through the cache of :func:`block_info`).
+
+  kind: np.int32 [nq, nkv], the class of each tile: SKIP, MASKED or FULL, judged on
+    its entries with i < T and j < S only (a ragged edge tile can be FULL; the padding
+    past T and S is the kernel's to mask, as without a mask).
+  block_ids: np.int32 [nq, nkv], for a MASKED tile the index into `blocks` of its
+    pattern; 0 for other tiles.
+  blocks: np.bool_ [U, block_q, block_kv], the distinct patterns of MASKED tiles,
+    False at i >= T or j >= S; U >= 1 (one all-False block when no tile is MASKED).
+  """
+
+  kind: np.ndarray
+  block_ids: np.ndarray
+  blocks: np.ndarray
+
+
+def block_info(mask: Mask, q_len: int, kv_len: int, block_q: int,
+               block_kv: int) -> BlockInfo:
+  """The tile classes and deduplicated partial patterns of `mask` on a T x S problem.
+
+  Runs on the host, one block row of tiles at a time (memory O(block_q * S)), and is
+  memoised on its arguments: an equal mask with equal sizes returns the same object.
+  Masks whose query rows each see one run of keys (Causal, LocalWindow, ChunkedCausal,
+  GlobalTokens and their Ands) are classified from the runs, without building the
+  mask; others are evaluated densely, block row by block row.
+
+  Args:
+    mask: a :class:`Mask`.
+    q_len: T, a positive int.
+    kv_len: S, a positive int.
+    block_q: query rows per tile, a positive int.
+    block_kv: key columns per tile, a positive int.
+
+  Returns:
+    A :class:`BlockInfo` of nq = ceil(T / block_q) by nkv = ceil(S / block_kv) tiles.
+
+  Raises:
+    ValueError: mask is not a Mask, a size is not a positive int, or
+      ``mask.check(q_len, kv_len)`` rejects the sizes (e.g. a BlockLayout of another
+      shape).
+  """
+  if not isinstance(mask, Mask):
+    raise ValueError(f"block_info: mask must be a Mask, got {mask!r} ({type(mask).__name__})")
+  sizes = [_int("block_info", name, value, 1) for name, value in
+           (("q_len", q_len), ("kv_len", kv_len), ("block_q", block_q),
+            ("block_kv", block_kv))]
+  mask.check(sizes[0], sizes[1])
+  return _block_info(mask, *sizes)
+
+
+@functools.lru_cache(maxsize=32)
+def _block_info(mask: Mask, q_len: int, kv_len: int, block_q: int,
+                block_kv: int) -> BlockInfo:
+  nq, nkv = -(-q_len // block_q), -(-kv_len // block_kv)
+  kind = np.zeros((nq, nkv), np.int32)
+  block_ids = np.zeros((nq, nkv), np.int32)
+  c0 = np.arange(nkv, dtype=np.int64) * block_kv  # first column of each tile
+  c1 = np.minimum(c0 + block_kv, kv_len)          # one past its last real column
+  offsets = np.arange(block_kv, dtype=np.int64)
+  seen: dict[bytes, int] = {}
+  blocks: list[np.ndarray] = []
+  for r in range(nq):
+    rows = np.arange(r * block_q, min((r + 1) * block_q, q_len), dtype=np.int64)
+    runs = mask._row_intervals(rows, kv_len)
+    if runs is not None:
+      lo, hi = runs[0][:, None], runs[1][:, None]
+      has = (np.maximum(lo, c0) < np.minimum(hi, c1)).any(axis=0)
+      full = ((lo <= c0) & (hi >= c1)).all(axis=0)
+    else:
+      vis = np.asarray(mask(rows[:, None], np.arange(kv_len)[None, :]), bool)
+      vis = np.broadcast_to(vis, (len(rows), kv_len))
+      pad = nkv * block_kv - kv_len
+      has = np.pad(vis.any(axis=0), (0, pad)).reshape(nkv, block_kv).any(axis=1)
+      full = np.pad(vis.all(axis=0), (0, pad), constant_values=True).reshape(
+          nkv, block_kv).all(axis=1)
+    kind[r] = np.where(full, FULL, np.where(has, MASKED, SKIP))
+    cols_m = np.flatnonzero(kind[r] == MASKED)
+    if not len(cols_m):
+      continue
+    cols = c0[cols_m][:, None] + offsets  # [M, block_kv]
+    if runs is not None:
+      pattern = (lo[:, :, None] <= cols) & (cols < hi[:, :, None])  # [n, M, block_kv]
+    else:
+      pattern = vis[:, np.minimum(cols, kv_len - 1)] & (cols < kv_len)
+    tiles = np.zeros((len(cols_m), block_q, block_kv), bool)
+    tiles[:, :len(rows)] = pattern.transpose(1, 0, 2)
+    packed = np.packbits(tiles.reshape(len(cols_m), -1), axis=1)
+    for t, c in enumerate(cols_m):
+      key = packed[t].tobytes()
+      idx = seen.setdefault(key, len(seen))
+      if idx == len(blocks):
+        blocks.append(tiles[t])
+      block_ids[r, c] = idx
+  stacked = np.stack(blocks) if blocks else np.zeros((1, block_q, block_kv), bool)
+  return _frozen(BlockInfo(kind, block_ids, stacked))
+
+
+def _frozen(info: BlockInfo) -> BlockInfo:
+  for a in info:
+    a.setflags(write=False)
+  return info
+
+
+def transposed(info: BlockInfo) -> BlockInfo:
+  """The BlockInfo of the transposed problem (keys as rows), for a backward kernel.
+
+  Args:
+    info: a BlockInfo of nq x nkv tiles of (block_q, block_kv).
+
+  Returns:
+    A read-only BlockInfo of nkv x nq tiles of (block_kv, block_q): kind and block_ids
+    transposed ([nkv, nq]), blocks [U, block_kv, block_q].
+  """
+  return _frozen(BlockInfo(np.ascontiguousarray(info.kind.T),
+                           np.ascontiguousarray(info.block_ids.T),
+                           np.ascontiguousarray(info.blocks.transpose(0, 2, 1))))
+
+
+def density(info: BlockInfo) -> float:
+  """The fraction of tiles that are not SKIP (visited), in [0, 1]."""
+  return float(np.count_nonzero(info.kind != SKIP)) / info.kind.size
