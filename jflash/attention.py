@@ -195,9 +195,10 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
   q_segment_ids, kv_segment_ids = checks.check_segment_ids(q_segment_ids, kv_segment_ids, t,
                                                             s_len, batched)
   scores_shape = dict(unbatched=unbatched, batch=b, num_heads=n, q_len=t, kv_len=s_len)
+  dense_mask, mask_object = checks.check_mask(mask, **scores_shape)
   operands = backends.Operands(
       bias=checks.check_bias(bias, **scores_shape),
-      mask=checks.check_mask(mask, **scores_shape),
+      mask=dense_mask,
       q_offset=q_offset,
       q_lengths=batched("query_seq_lengths", query_seq_lengths, (), jnp.integer),
       kv_lengths=batched("key_value_seq_lengths", key_value_seq_lengths, (), jnp.integer),
@@ -208,7 +209,7 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
                   q_lengths=operands.q_lengths is not None,
                   kv_lengths=operands.kv_lengths is not None,
                   segment_ids=q_segment_ids is not None,
-                  dense_mask=operands.mask is not None)
+                  dense_mask=operands.mask is not None, mask_object=mask_object)
   score_mod = ScoreMod(soft_cap=checks.check_soft_cap(logits_soft_cap),
                        alibi=operands.alibi_slopes is not None, bias=operands.bias is not None)
   problem = backends.Problem(b, t, s_len, n, k.shape[2], h, dtype, spec, score_mod)

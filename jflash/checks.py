@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jflash import sparsity
+
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
 MAX_HEAD_DIM = 256
 
@@ -195,7 +197,12 @@ def check_bias(bias, **shapes):
 
 
 def check_mask(mask, **shapes):
-  """The mask as an int8 [B or 1, N or 1, T, S] array (1 = visible), or None."""
-  mask = _scores_operand("mask", mask, (jnp.bool_,), "a boolean array (True: attend)",
+  """(dense mask, mask object): an int8 [B or 1, N or 1, T, S] array or None, and a
+  static `jflash.masks.Mask` or None."""
+  if isinstance(mask, sparsity.Mask):
+    mask.check(shapes["q_len"], shapes["kv_len"])
+    return None, mask
+  mask = _scores_operand("mask", mask, (jnp.bool_,),
+                         "a boolean array (True: attend) or a jflash.masks mask object",
                          **shapes)
-  return None if mask is None else mask.astype(jnp.int8)
+  return (None if mask is None else mask.astype(jnp.int8)), None

@@ -24,9 +24,13 @@ S=6 (``x`` visible)::
     x x x . . .         x x x x x .               . x x x . .
     x x x x . .         x x x x x x               . . x x x .
 
-Segment ids (packing) are not positional: :func:`tile_lists` classifies every tile on
-device (skip, masked, full) and compacts, per block row, the list of tiles to visit,
-which :func:`fold_tile_list` iterates.
+Segment ids (packing) and dense masks are not positional: :func:`tile_lists` classifies
+every tile on device (skip, masked, full) and compacts, per block row, the list of tiles
+to visit, which :func:`fold_tile_list` iterates. Static block-sparse mask objects
+(:class:`Causal`, :class:`LocalWindow`, :class:`ChunkedCausal`, :class:`Strided`,
+:class:`GlobalTokens`, :class:`BlockLayout`, composed with ``&`` and ``|``; defined in
+:mod:`jflash.sparsity`) are classified on the host at trace time; when nothing else is
+runtime data, the whole list is a trace-time constant.
 
 The range functions work on Python ints and on traced int32 scalars alike, so the
 Pallas kernels and the pure-JAX backend share them.
@@ -40,11 +44,16 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from jflash import sparsity
+from jflash.sparsity import (And, BlockLayout, Causal, ChunkedCausal, GlobalTokens,
+                             LocalWindow, Mask, Or, Strided)
 
 Index = Any  # a Python int or a traced int32 scalar
 
-SKIP, MASKED, FULL = 0, 1, 2  # tile classes of `tile_lists`
+SKIP, MASKED, FULL = sparsity.SKIP, sparsity.MASKED, sparsity.FULL  # tile classes
 
 
 class TileRange(NamedTuple):
@@ -79,6 +88,8 @@ class MaskSpec:
     q_lengths, kv_lengths: runtime int32 [B] valid lengths are given.
     segment_ids: runtime segment ids are given (a query sees keys of its segment only).
     dense_mask: a runtime boolean mask [B or 1, N or 1, T, S] is given.
+    mask_object: None, or a static block-sparse :class:`Mask` (on indices i, j; it does
+      not see q_offset).
   """
 
   q_len: int
@@ -91,6 +102,7 @@ class MaskSpec:
   kv_lengths: bool = False
   segment_ids: bool = False
   dense_mask: bool = False
+  mask_object: Mask | None = None
 
   @property
   def left(self):
@@ -111,7 +123,23 @@ class MaskSpec:
   @property
   def uses_tile_lists(self) -> bool:
     """Whether the kernels iterate per-row tile lists (:func:`tile_lists`)."""
-    return self.segment_ids or self.dense_mask
+    return self.segment_ids or self.dense_mask or self.mask_object is not None
+
+  @property
+  def static_tiles(self) -> bool:
+    """Whether the tile schedule is known at trace time (no runtime operand shapes it)."""
+    return not (self.dynamic_positions or self.segment_ids or self.dense_mask)
+
+  def object_tiles(self, block_q: int, block_kv: int, transpose: bool = False):
+    """(block_ids, blocks) of `mask_object` on this tiling (see :func:`sparsity.block_info`).
+
+    With `transpose`, [nkv, nq] ids and [U, block_kv, block_q] int8 patterns, else
+    [nq, nkv] and [U, block_q, block_kv].
+    """
+    info = sparsity.block_info(self.mask_object, self.q_len, self.kv_len, block_q, block_kv)
+    if transpose:
+      info = sparsity.transposed(info)
+    return info.block_ids, info.blocks.astype(np.int8)
 
   def positions(self, offset=None, q_len=None, kv_len=None) -> Positions:
     """Positions of one batch element: the given runtime scalars, else the static values."""
@@ -257,9 +285,49 @@ def tile_lists(spec: MaskSpec, block_q: int, block_kv: int, *, batch: int,
   Returns:
     A :class:`TileList` with R = query tiles and C = key tiles (swapped if transpose).
   """
+  if spec.static_tiles:  # a trace-time constant, the same for every batch element
+    kind = _static_classes(spec, block_q, block_kv, transpose)
+    count = np.count_nonzero(kind != SKIP, axis=-1).astype(np.int32)
+    index = np.argsort(kind == SKIP, axis=-1, kind="stable").astype(np.int32)
+    full = (np.take_along_axis(kind, index, axis=-1) == FULL).astype(np.int32)
+    return TileList(*(constant(np.broadcast_to(x, (batch, *x.shape)))
+                      for x in (count, index, full)))
   return compact(tile_classes(spec, block_q, block_kv, batch=batch, positions=positions,
                               q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
                               mask=mask, transpose=transpose))
+
+
+def constant(x: np.ndarray) -> jax.Array:
+  """A trace-time NumPy array as a device array inside the kernels' traced functions.
+
+  Through a nested `jit`: `custom_partitioning` (jflash.partitioning) refuses functions
+  that close over array constants, and a nested jit keeps the constant in its own jaxpr.
+  """
+  return jax.jit(lambda: jnp.asarray(x))()
+
+
+def _static_classes(spec: MaskSpec, block_q: int, block_kv: int,
+                    transpose: bool) -> np.ndarray:
+  """[R, C] tile classes of a spec whose schedule is static (NumPy, at trace time).
+
+  R = query tiles, C = key tiles, swapped with `transpose` (whose positional classes are
+  those of :meth:`MaskSpec.q_tiles`, as in :func:`tile_classes`).
+  """
+  nq, nkv = _cdiv(spec.q_len, block_q), _cdiv(spec.kv_len, block_kv)
+  rows, cols = (nkv, nq) if transpose else (nq, nkv)
+  c = np.arange(cols)
+  kind = np.empty((rows, cols), np.int32)
+  for r in range(rows):
+    if transpose:
+      lo, full_lo, full_hi, hi = spec.q_tiles(r * block_kv, block_kv, block_q)
+    else:
+      lo, full_lo, full_hi, hi = spec.kv_tiles(r * block_q, block_q, block_kv)
+    kind[r] = np.where((c >= lo) & (c < hi),
+                       np.where((c >= full_lo) & (c < full_hi), FULL, MASKED), SKIP)
+  if spec.mask_object is not None:
+    info = sparsity.block_info(spec.mask_object, spec.q_len, spec.kv_len, block_q, block_kv)
+    kind = np.minimum(kind, info.kind.T if transpose else info.kind)
+  return kind
 
 
 def tile_classes(spec: MaskSpec, block_q: int, block_kv: int, *, batch: int,
@@ -302,6 +370,9 @@ def tile_classes(spec: MaskSpec, block_q: int, block_kv: int, *, batch: int,
     kind = jnp.minimum(kind, jnp.where(meet, jnp.where(one, FULL, MASKED), SKIP))
   if mask is not None:
     kind = jnp.minimum(kind, mask_classes(mask, block_q, block_kv))
+  if spec.mask_object is not None:
+    info = sparsity.block_info(spec.mask_object, spec.q_len, spec.kv_len, block_q, block_kv)
+    kind = jnp.minimum(kind, constant(info.kind)[None])
   return kind.swapaxes(1, 2) if transpose else kind
 
 

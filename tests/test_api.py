@@ -293,6 +293,7 @@ _KV = jnp.zeros((2, 8, 2, 16), jnp.float32)
     (dict(bias=jnp.zeros((8, 8), jnp.int32)), "bias must be a floating-point.*int32"),
     (dict(mask=jnp.ones((8, 8), jnp.float32)), "mask must be a boolean.*float32"),
     (dict(mask=jnp.ones((2, 3, 8, 8), bool)), r"mask must be broadcastable.*\(2, 3, 8, 8\)"),
+    (dict(mask=jflash.masks.BlockLayout(np.ones((2, 2), bool), 4, 3)), r"BlockLayout.*\(2, 3\)"),
 ])
 def test_variant_arguments_are_validated(kwargs, message):
   with pytest.raises(ValueError, match=message):

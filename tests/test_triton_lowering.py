@@ -17,6 +17,7 @@ from jax._src.pallas.triton import gpu_info, pallas_call_registration
 from jflash.kernels.triton.backward import backward
 from jflash.kernels.triton.forward import forward
 from jflash.backends import Operands
+from jflash import masks
 from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
 from jflash.kernels.triton.config import default_config
@@ -56,12 +57,15 @@ ALL_VARIANTS = dict(window=(33, 5), dynamic_offset=True, q_lengths=True, kv_leng
     (1, 200, 257, 6, 3, 80, False, jnp.float32, ALL_VARIANTS),
     (2, 300, 300, 2, 2, 64, True, jnp.float16, dict(window=(None, 7), dynamic_offset=True)),
     (2, 256, 384, 4, 2, 64, False, jnp.bfloat16, dict(dense_mask=True)),  # mask, bias by head
+    # A mask object: constant tile lists and pattern tables.
+    (1, 1000, 1000, 4, 2, 128, True, jnp.bfloat16,
+     dict(mask_object=(masks.Strided(64) | masks.LocalWindow(100, 0)) & masks.Causal())),
 ])
 def test_kernels_lower_to_valid_triton_ir(triton_modules, b, t, s, n, kv_heads, h, is_causal,
                                           dtype, variants):
   spec = MaskSpec(t, s, is_causal, **(variants or {}))
-  score_mod = (ScoreMod(soft_cap=30.0, alibi=True, bias=True, bias_grad=True) if variants
-               else ScoreMod())
+  score_mod = (ScoreMod(soft_cap=30.0, alibi=True, bias=True, bias_grad=True)
+               if variants and not spec.mask_object else ScoreMod())
   # A bias per head and batch 1 (with many variants) or per batch, one mask per head.
   bias_shape = (1, n, t, s) if variants == ALL_VARIANTS else (b, 1, t, s)
   config = default_config(h, jnp.dtype(dtype), is_causal, (9, 0), kv_len=s)

@@ -102,6 +102,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: f
           vis = vis & masks.segment_visible(kv_seg, q_seg)
         if spec.dense_mask:
           vis = vis & (score_tile(ex.mask, q_slice, rows) != 0)
+        if spec.mask_object is not None:
+          vis = vis & (ex.object_tile(j, i) != 0)  # transposed patterns
         p_t = jnp.where(vis, p_t, 0.0)
       dv = dv + plgpu.dot(p_t.astype(do.dtype), do, precision=precision)
       dp_t = plgpu.dot(v, do, trans_b=True, precision=precision)
@@ -176,6 +178,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: fl
         vis = vis & masks.segment_visible(q_seg, kv_seg)
       if spec.dense_mask:
         vis = vis & (variants.score_tile(ex.mask.at[:, kv_slice], q_rows, kv_cols) != 0)
+      if spec.mask_object is not None:
+        vis = vis & (ex.object_tile(i, j) != 0)
       p = jnp.where(vis, p, 0.0)
     dp = plgpu.dot(do, v, trans_b=True, precision=precision)
     ds = p * (dp - delta[:, None])

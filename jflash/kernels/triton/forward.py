@@ -76,6 +76,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, scale: float, spec: MaskSpec,
         vis = vis & masks.segment_visible(q_seg, kv_seg)
       if spec.dense_mask:
         vis = vis & (variants.score_tile(ex.mask.at[:, kv_slice], q_rows, kv_cols) != 0)
+      if spec.mask_object is not None:
+        vis = vis & (ex.object_tile(i, j) != 0)
       s = jnp.where(vis, s, -jnp.inf)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.

@@ -8,7 +8,9 @@ for the call's variants, in this order, each only when its variant is on:
 * ``count``, ``index``, ``full``: the kernel's tile lists (:func:`jflash.masks.tile_lists`);
 * ``slopes``: [B, N] float32 ALiBi slopes, read as scalars;
 * ``bias``, ``mask``: [B or 1, N or 1, T, S] additive bias and int8 mask, tiled by the
-  kernel like its score tiles (the backward's dK/dV kernel reads them transposed).
+  kernel like its score tiles (the backward's dK/dV kernel reads them transposed);
+* ``obj_ids``, ``obj_blocks``: a mask object's pattern id per tile [R, C] and its
+  distinct int8 patterns [U, rows, cols] (trace-time constants; transposed for dK/dV).
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ class Extras(NamedTuple):
   slopes: Any = None
   bias: Any = None
   mask: Any = None
+  obj_ids: Any = None
+  obj_blocks: Any = None
+
+  def object_tile(self, r, c):
+    """The mask object's [rows, cols] int8 pattern of tile (r, c) of the kernel's lists."""
+    return common.load(self.obj_blocks.at[self.obj_ids[r, c]])
 
   def positions(self, spec: MaskSpec, b) -> Positions:
     """The positional mask values of batch element `b` (static ints where possible)."""
@@ -88,6 +96,10 @@ def inputs(spec: MaskSpec, score_mod: ScoreMod, operands: Operands, *, batch: in
     add("bias", operands.bias, scores_spec(operands.bias))
   if spec.dense_mask:
     add("mask", operands.mask, scores_spec(operands.mask))
+  if spec.mask_object is not None:
+    ids, blocks = spec.object_tiles(block_q, block_kv, transpose=transpose)
+    add("obj_ids", masks.constant(ids))
+    add("obj_blocks", masks.constant(blocks))
   return arrays, specs, tuple(names)
 
 

@@ -51,6 +51,8 @@ class _Call(NamedTuple):
   slopes: jax.Array | None  # [B, K, G, 1, 1] float32
   bias: jax.Array | None    # [B or 1, K or 1, G or 1, T', S'], padded with 0
   mask: jax.Array | None    # [B or 1, K or 1, G or 1, T', S'] bool, padded with False
+  obj_ids: jax.Array | None     # [nq, nkv] int32: a mask object's pattern of each tile
+  obj_blocks: jax.Array | None  # [U, bq, bkv] bool: its distinct patterns
 
 
 def _scores_operand(x, kv_heads, groups, nq, bq, nkv, bkv, value):
@@ -77,7 +79,12 @@ def _setup(spec, score_mod, scale, config, operands: Operands, b, kv_heads, grou
     bias = _scores_operand(operands.bias, *tiles, 0)
   if spec.dense_mask:
     mask = _scores_operand(operands.mask != 0, *tiles, False)
-  call = _Call(spec, score_mod, scale, bq, bkv, pos, flat, q_seg, kv_seg, slopes, bias, mask)
+  obj_ids = obj_blocks = None
+  if spec.mask_object is not None:
+    obj_ids, obj_blocks = spec.object_tiles(bq, bkv)
+    obj_ids, obj_blocks = masks.constant(obj_ids), masks.constant(obj_blocks != 0)
+  call = _Call(spec, score_mod, scale, bq, bkv, pos, flat, q_seg, kv_seg, slopes, bias, mask,
+               obj_ids, obj_blocks)
   return call, nq, nkv
 
 
@@ -107,6 +114,8 @@ def _logits(call: _Call, s, q_idx, kv_idx, masked: bool, with_grad=False):
       vis = vis & (q_seg[:, None, None, :, None] == kv_seg[:, None, None, None, :])
     if call.mask is not None:
       vis = vis & _score_tile(call.mask, q_idx[0], kv_idx[0], call.bq, call.bkv)
+    if call.obj_ids is not None:
+      vis = vis & call.obj_blocks[call.obj_ids[q_idx[0] // call.bq, kv_idx[0] // call.bkv]]
     z = jnp.where(vis, z, -jnp.inf)
   return (z, dz_ds) if with_grad else z
 
@@ -140,7 +149,11 @@ def _lists(call: _Call, operands: Operands, transpose: bool):
   spec = call.spec
   if not spec.uses_tile_lists:
     return None
-  batch = next(x.shape[0] for x in (operands.q_segment_ids, operands.mask) if x is not None)
+  if spec.static_tiles:  # a trace-time constant (a mask object alone)
+    count, index, full = masks.tile_lists(spec, call.bq, call.bkv, batch=1,
+                                          positions=call.flat, transpose=transpose)
+    return count[0], index[0], full[0]
+  batch = next(x.shape[0] for x in (*operands[:5], operands.mask) if x is not None)
   kind = masks.tile_classes(spec, call.bq, call.bkv, batch=batch, positions=call.flat,
                             q_segment_ids=operands.q_segment_ids,
                             kv_segment_ids=operands.kv_segment_ids, mask=operands.mask,
