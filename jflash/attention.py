@@ -28,7 +28,8 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
               query_seq_lengths=None,
               key_value_seq_lengths=None, local_window_size=None, q_segment_ids=None,
               kv_segment_ids=None, q_offset=0, logits_soft_cap=None, alibi_slopes=None,
-              implementation=None, interpret=False, return_lse=False, config=None):
+              dropout_rate=0.0, dropout_rng=None, implementation=None, interpret=False,
+              return_lse=False, config=None):
   r"""Exact softmax attention computed tile by tile (FlashAttention).
 
   Computes ``softmax(mask(mod(scale * q @ k^T))) @ v`` per batch and query head without
@@ -87,6 +88,13 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
   * ``alibi_slopes``: then subtracts ``slope[b, n] * |i + q_offset - j|`` (ALiBi, Press
     et al. 2022, in FlashAttention-2's convention: after the soft-cap, no bias tensor).
 
+  Dropout: with ``dropout_rate=r > 0`` each probability p[b, n, i, j] is kept with
+  probability 1 - r and scaled by 1 / (1 - r) (inverted dropout on the attention
+  weights; lse stays that of the undropped softmax). The keep mask is a counter-based
+  hash of (``dropout_rng``, b, n, i, j) (:mod:`jflash.dropout`) computed inside the
+  kernels, forward and backward, so it is never stored: the same key gives bitwise the
+  same mask on every backend and any sharding over batch and heads.
+
   Which backend runs: a named `implementation` runs, or raises. With None, the first
   backend that can run on the device the call runs on and supports the case: for
   concrete input arrays, the device they live on; under `jit` (where inputs are
@@ -138,6 +146,10 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
     logits_soft_cap: None, or a positive finite number known at trace time.
     alibi_slopes: None, or float [N] or [B, N] ALiBi slopes (runtime data; not
       differentiated).
+    dropout_rate: a float in [0, 1) known at trace time (rounded to a multiple of
+      2^-32); 0 turns dropout off.
+    dropout_rng: a JAX PRNG key (`jax.random.key` or `jax.random.PRNGKey`), needed when
+      dropout_rate > 0; may be traced.
     implementation: ``"triton"`` (Pallas kernels lowered through Triton; NVIDIA GPUs of
       compute capability >= 8.0), ``"xla"`` (the same tiled algorithm in pure JAX; any
       device, memory linear in T and S), or None to choose as described above.
@@ -161,7 +173,8 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
       that differ; a scale that is not a positive finite scalar or is traced; segment
       ids, lengths, q_offset, ALiBi slopes, bias or mask of the wrong shape or dtype; kv_segment_ids
       without q_segment_ids, or q_segment_ids alone with T != S; a negative or malformed
-      window; a soft-cap that is not a positive finite number; an unknown
+      window; a soft-cap that is not a positive finite number; a dropout_rate outside
+      [0, 1) or dropout without a dropout_rng, or one that is not a PRNG key; an unknown
       implementation; ``interpret=True`` with a backend that has no interpret mode; a
       config of the wrong type, or one that does not fit the GPU's shared memory.
     NotImplementedError: the named implementation cannot serve the call on this device
@@ -196,7 +209,9 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
                                                             s_len, batched)
   scores_shape = dict(unbatched=unbatched, batch=b, num_heads=n, q_len=t, kv_len=s_len)
   dense_mask, mask_object = checks.check_mask(mask, **scores_shape)
+  dropout_rate, seeds = checks.check_dropout(dropout_rate, dropout_rng, b, n)
   operands = backends.Operands(
+      dropout_seeds=seeds,
       bias=checks.check_bias(bias, **scores_shape),
       mask=dense_mask,
       q_offset=q_offset,
@@ -211,7 +226,8 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
                   segment_ids=q_segment_ids is not None,
                   dense_mask=operands.mask is not None, mask_object=mask_object)
   score_mod = ScoreMod(soft_cap=checks.check_soft_cap(logits_soft_cap),
-                       alibi=operands.alibi_slopes is not None, bias=operands.bias is not None)
+                       alibi=operands.alibi_slopes is not None, bias=operands.bias is not None,
+                       dropout_rate=dropout_rate)
   problem = backends.Problem(b, t, s_len, n, k.shape[2], h, dtype, spec, score_mod)
   static = _Static(plans=_plans(implementation, interpret, config, problem, (q, k, v)),
                    scale=scale, spec=spec, score_mod=score_mod)

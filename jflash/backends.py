@@ -84,6 +84,7 @@ class Operands(NamedTuple):
     alibi_slopes: [B, N] float32.
     bias: [B or 1, N or 1, T, S] float (any float dtype), added to the scaled logits.
     mask: [B or 1, N or 1, T, S] int8, nonzero where a query may see a key.
+    dropout_seeds: [B, N] uint32, the dropout hash's seed of each batch row and head.
   """
 
   q_offset: Any = None
@@ -94,6 +95,7 @@ class Operands(NamedTuple):
   alibi_slopes: Any = None
   bias: Any = None
   mask: Any = None
+  dropout_seeds: Any = None
 
 
 class Backend(abc.ABC):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jflash import sparsity
+from jflash import dropout, sparsity
 
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
 MAX_HEAD_DIM = 256
@@ -206,3 +206,15 @@ def check_mask(mask, **shapes):
                          "a boolean array (True: attend) or a jflash.masks mask object",
                          **shapes)
   return (None if mask is None else mask.astype(jnp.int8)), None
+
+
+def check_dropout(rate, rng, batch: int, num_heads: int):
+  """(rate as a float, [B, N] uint32 dropout seeds or None)."""
+  if isinstance(rate, jax.core.Tracer):
+    raise ValueError(f"dropout_rate must be known at trace time; got a traced value {rate!r}")
+  rate = dropout.check_rate(rate)
+  if rate == 0.0:
+    return 0.0, None
+  if rng is None:
+    raise ValueError(f"dropout_rate={rate} needs a dropout_rng (a JAX PRNG key); got None")
+  return rate, dropout.head_seeds(rng, batch, num_heads)

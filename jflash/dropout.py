@@ -83,11 +83,11 @@ def check_rate(rate) -> float:
       string or array, traced or not) or lies outside [0, 1).
   """
   if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real):
-    raise ValueError(f"dropout rate={rate!r} (type {type(rate).__name__}) must be a real "
+    raise ValueError(f"dropout_rate={rate!r} (type {type(rate).__name__}) must be a real "
                      "Python number in [0, 1)")
   value = float(rate)
   if not (math.isfinite(value) and 0.0 <= value < 1.0):
-    raise ValueError(f"dropout rate={rate!r} must lie in [0, 1)")
+    raise ValueError(f"dropout_rate={rate!r} must lie in [0, 1)")
   return value
 
 

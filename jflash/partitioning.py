@@ -46,7 +46,7 @@ from jflash.scores import ScoreMod
 # mask axis of size 1 (broadcast) gets a factor of its own: "x" batch, "y" heads.
 _OPERAND_FACTORS = {"q_offset": "b", "q_lengths": "b", "kv_lengths": "b",
                     "q_segment_ids": "b t", "kv_segment_ids": "b s", "alibi_slopes": "b n",
-                    "bias": "b n t s", "mask": "b n t s"}
+                    "bias": "b n t s", "mask": "b n t s", "dropout_seeds": "b n"}
 _BROADCASTABLE = ("bias", "mask")
 
 

@@ -29,12 +29,16 @@ class ScoreMod:
     alibi: per-(batch, head) ALiBi slopes are given (runtime [B, N] float32).
     bias: an additive bias is given (runtime, broadcastable to [B, N, T, S]).
     bias_grad: the bias is differentiated: the backward pass also returns dL/dbias.
+    dropout_rate: dropout on the probabilities (after the softmax, so not part of the
+      logits): each is kept with probability 1 - rate (:mod:`jflash.dropout`), scaled by
+      1 / (1 - rate), from the runtime [B, N] seeds.
   """
 
   soft_cap: float | None = None
   alibi: bool = False
   bias: bool = False
   bias_grad: bool = False
+  dropout_rate: float = 0.0
 
   @property
   def active(self) -> bool:

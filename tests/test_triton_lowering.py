@@ -52,7 +52,8 @@ ALL_VARIANTS = dict(window=(33, 5), dynamic_offset=True, q_lengths=True, kv_leng
     (1, 200, 257, 6, 3, 80, True, jnp.float16, None),
     (1, 257, 200, 4, 1, 256, True, jnp.float32, None),
     (1, 17, 1, 2, 1, 1, False, jnp.float32, None),
-    # Every variant: tile lists (lax.cond per tile), scalar loads, soft-cap and ALiBi.
+    # Every variant: tile lists (lax.cond per tile), scalar loads, soft-cap, ALiBi, bias
+    # (and dbias), dense mask, dropout.
     (2, 1000, 1000, 4, 2, 128, True, jnp.bfloat16, ALL_VARIANTS),
     (1, 200, 257, 6, 3, 80, False, jnp.float32, ALL_VARIANTS),
     (2, 300, 300, 2, 2, 64, True, jnp.float16, dict(window=(None, 7), dynamic_offset=True)),
@@ -64,7 +65,8 @@ ALL_VARIANTS = dict(window=(33, 5), dynamic_offset=True, q_lengths=True, kv_leng
 def test_kernels_lower_to_valid_triton_ir(triton_modules, b, t, s, n, kv_heads, h, is_causal,
                                           dtype, variants):
   spec = MaskSpec(t, s, is_causal, **(variants or {}))
-  score_mod = (ScoreMod(soft_cap=30.0, alibi=True, bias=True, bias_grad=True)
+  score_mod = (ScoreMod(soft_cap=30.0, alibi=True, bias=True, bias_grad=True,
+                        dropout_rate=0.1)
                if variants and not spec.mask_object else ScoreMod())
   # A bias per head and batch 1 (with many variants) or per batch, one mask per head.
   bias_shape = (1, n, t, s) if variants == ALL_VARIANTS else (b, 1, t, s)
@@ -81,7 +83,9 @@ def test_kernels_lower_to_valid_triton_ir(triton_modules, b, t, s, n, kv_heads, 
       kv_segment_ids=jax.ShapeDtypeStruct((b, s), jnp.int32) if spec.segment_ids else None,
       alibi_slopes=jax.ShapeDtypeStruct((b, n), jnp.float32) if score_mod.alibi else None,
       bias=jax.ShapeDtypeStruct(bias_shape, jnp.float32) if score_mod.bias else None,
-      mask=jax.ShapeDtypeStruct((b, n, t, s), jnp.int8) if spec.dense_mask else None)
+      mask=jax.ShapeDtypeStruct((b, n, t, s), jnp.int8) if spec.dense_mask else None,
+      dropout_seeds=(jax.ShapeDtypeStruct((b, n), jnp.uint32) if score_mod.dropout_rate
+                     else None))
   kwargs = dict(scale=h ** -0.5, spec=spec, score_mod=score_mod, config=config)
   jax.jit(lambda q, k, v, ops: forward(q, k, v, ops, **kwargs)).trace(q, kv, kv, operands).lower(
       lowering_platforms=("cuda",))

@@ -27,6 +27,7 @@ import jflash
 from jflash.reference import dense_attention
 
 from conftest import IMPLEMENTATIONS, assert_within_criterion, interpret_for, max_err
+from dropout_numpy import head_seeds_np, keep_np
 from test_numerics import ArithmeticExcess, CriterionGap
 
 B, N, K, H = 2, 4, 2, 20
@@ -89,6 +90,12 @@ def _case(name, rng):
     strided = (jflash.masks.Strided(5) | jflash.masks.LocalWindow(3, 0)) & jflash.masks.Causal()
     return 53, 53, dict(mask=strided | jflash.masks.GlobalTokens(2), q_segment_ids=packed,
                         logits_soft_cap=3.0)
+  if name == "dropout_mask":  # dropout + a dense mask (+ causal), GQA
+    return 37, 53, dict(dropout_rate=0.25, dropout_rng=jax.random.key(7), is_causal=True,
+                        q_offset=16, mask=rng.random((B, 1, 37, 53)) < 0.85)
+  if name == "dropout_packing_window":
+    return 53, 53, dict(dropout_rate=0.5, dropout_rng=jax.random.key(8), q_segment_ids=packed,
+                        local_window_size=(9, 2), logits_soft_cap=5.0)
   if name == "everything":
     return 53, 53, dict(q_segment_ids=packed, local_window_size=(15, 4), is_causal=True,
                         logits_soft_cap=5.0, query_seq_lengths=np.array([53, 40], np.int32),
@@ -101,7 +108,8 @@ def _case(name, rng):
 CASES = ["segment_ids", "segment_ids_cross", "window_two_sided", "window_causal",
          "bottom_right_causal", "offset_array_window", "lengths", "soft_cap", "alibi",
          "packing_window_softcap_causal", "lengths_offset_window", "dense_mask", "bias_softcap",
-         "mask_bias_causal", "mask_object_window", "mask_object_packing_softcap", "everything"]
+         "mask_bias_causal", "mask_object_window", "mask_object_packing_softcap", "dropout_mask",
+         "dropout_packing_window", "everything"]
 
 
 def _inputs(seed, t, s, dtype):
@@ -120,10 +128,15 @@ def _jflash(q, k, v, do, kw, implementation, config):
 
 
 def _oracle_kw(kw, t, s):
-  """The oracle's arguments: a mask object becomes the dense mask it defines."""
+  """The oracle's arguments: a mask object becomes the dense mask it defines (its
+  elementwise definition is checked against index loops in test_sparsity.py); a dropout
+  key becomes the keep mask of the independent NumPy hash (tests/dropout_numpy.py)."""
   if isinstance(kw.get("mask"), jflash.masks.Mask):
-    # Its elementwise definition is checked against index loops in test_sparsity.py.
-    return dict(kw, mask=kw["mask"](np.arange(t)[:, None], np.arange(s)[None, :]))
+    kw = dict(kw, mask=kw["mask"](np.arange(t)[:, None], np.arange(s)[None, :]))
+  if kw.get("dropout_rng") is not None:
+    kw = dict(kw)
+    key = np.asarray(jax.random.key_data(kw.pop("dropout_rng")))
+    kw["dropout_keep"] = keep_np(head_seeds_np(key, B, N), t, s, kw["dropout_rate"])
   return kw
 
 
@@ -167,6 +180,7 @@ def _fa2_gradients(q, k, v, do, out, lse, kw):
   P = exp(z - lse), delta = rowsum(dO * out) from the 16-bit out, dS = P (dP - delta)
   dz/ds rounded to the input dtype, P rounded for dV. NumPy float32."""
   dtype = q.dtype
+  okw = _oracle_kw(kw, q.shape[1], k.shape[1])
   f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
   q, k, v, do, out = (f32(x) for x in (q, k, v, do, out))
   kr, vr = (np.repeat(x, N // K, axis=2) for x in (k, v))
@@ -186,8 +200,12 @@ def _fa2_gradients(q, k, v, do, out, lse, kw):
   p = np.where(vis, np.exp(z - lse), 0).astype(np.float32)
   delta = np.moveaxis(np.sum(do * out, -1), 1, 2)[..., None]
   dp = np.einsum("btnh,bsnh->bnts", do, vr)
+  p_v = p
+  if "dropout_keep" in okw:  # dropped, rescaled P for dV and dP
+    r = np.float32(1 / (1 - okw["dropout_rate"]))
+    p_v, dp = np.where(okw["dropout_keep"], p * r, 0), np.where(okw["dropout_keep"], dp * r, 0)
   ds = np.asarray(jnp.asarray(p * (dp - delta) * dz).astype(dtype), np.float32)
-  p16 = np.asarray(jnp.asarray(p).astype(dtype), np.float32)
+  p16 = np.asarray(jnp.asarray(p_v).astype(dtype), np.float32)
   scale = np.float32(H ** -0.5)
   per_kv = lambda x: x.reshape(*x.shape[:2], K, N // K, H).sum(3)  # noqa: E731
   return (scale * np.einsum("bnts,bsnh->btnh", ds, kr),

@@ -26,7 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jflash import masks
+from jflash import dropout, masks
 from jflash.backends import Operands
 from jflash.kernels.triton import common, variants
 from jflash.kernels.triton.config import TritonConfig, padded_head_dim
@@ -70,8 +70,11 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: f
   v = common.load(v_ref, kv_rows, cols)
   kv_seg = common.load(ex.kv_seg, kv_in, other=-2) if spec.segment_ids else None
 
+  rate = score_mod.dropout_rate
+
   def one_head(g, carry):
     slope = ex.slopes[b, kv_head * groups + g] if score_mod.alibi else None
+    seed = ex.seeds[b, kv_head * groups + g] if rate else None
 
     def score_tile(ref, q_slice, rows):  # this head's [block_kv, block_q] tile of ref
       tile = ref.at[g, q_slice, :] if len(ref.shape) == 3 else ref.at[q_slice, :]
@@ -105,8 +108,15 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: f
         if spec.mask_object is not None:
           vis = vis & (ex.object_tile(j, i) != 0)  # transposed patterns
         p_t = jnp.where(vis, p_t, 0.0)
-      dv = dv + plgpu.dot(p_t.astype(do.dtype), do, precision=precision)
       dp_t = plgpu.dot(v, do, trans_b=True, precision=precision)
+      if rate:  # dV from the dropped probabilities; dP through the same keep mask
+        keep_t = dropout.keep(seed, q_pos[None, :], kv_pos[:, None], rate)
+        r = dropout.scale(rate)
+        dv = dv + plgpu.dot(jnp.where(keep_t, p_t * r, 0.0).astype(do.dtype), do,
+                            precision=precision)
+        dp_t = jnp.where(keep_t, dp_t * r, 0.0)
+      else:
+        dv = dv + plgpu.dot(p_t.astype(do.dtype), do, precision=precision)
       ds_t = p_t * (dp_t - delta[None, :])
       if dz_ds is not None:
         ds_t = ds_t * dz_ds
@@ -154,6 +164,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: fl
   delta = common.load(delta_ref, in_range)
   q_seg = common.load(ex.q_seg, in_range, other=-1) if spec.segment_ids else None
   slope = ex.slopes[b, head] if score_mod.alibi else None
+  rate = score_mod.dropout_rate
+  seed = ex.seeds[b, head] if rate else None
 
   def body(j, dq, masked):
     kv_start = j * block_kv
@@ -182,6 +194,9 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: fl
         vis = vis & (ex.object_tile(i, j) != 0)
       p = jnp.where(vis, p, 0.0)
     dp = plgpu.dot(do, v, trans_b=True, precision=precision)
+    if rate:
+      keep = dropout.keep(seed, q_pos[:, None], kv_pos[None, :], rate)
+      dp = jnp.where(keep, dp * dropout.scale(rate), 0.0)
     ds = p * (dp - delta[:, None])
     if dz_ds is not None:
       ds = ds * dz_ds

@@ -19,7 +19,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jflash import masks
+from jflash import dropout, masks
 from jflash.backends import Operands
 from jflash.kernels.triton import common, variants
 from jflash.kernels.triton.config import TritonConfig, padded_head_dim
@@ -53,6 +53,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, scale: float, spec: MaskSpec,
   q = common.load(q_ref, q_rows, cols)
   q_seg = common.load(ex.q_seg, in_range, other=-1) if spec.segment_ids else None
   slope = ex.slopes[b, head] if score_mod.alibi else None
+  rate = score_mod.dropout_rate
+  seed = ex.seeds[b, head] if rate else None
 
   def body(j, carry, masked):
     acc, m, l = carry
@@ -88,6 +90,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, scale: float, spec: MaskSpec,
     else:  # one FFMA per score, as in FlashAttention-3
       p = jnp.exp2(s * c - (m_use * c)[:, None])
     l = l * alpha + jnp.sum(p, axis=1)
+    if rate:  # dropout after the row sum: l normalises the undropped softmax
+      p = jnp.where(dropout.keep(seed, q_pos[:, None], kv_pos[None, :], rate), p, 0.0)
     v = common.load(v_ref.at[kv_slice, :], kv_rows, cols)
     acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v, precision=precision)
     return acc, m_new, l
@@ -103,7 +107,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, scale: float, spec: MaskSpec,
   if spec.q_lengths:  # padding rows, whose acc holds what they saw in full tiles
     empty = empty | (q_pos >= pos.q_len)
     acc = jnp.where(empty[:, None], 0.0, acc)
-  out = acc * (1.0 / jnp.where(empty, 1.0, l))[:, None]
+  out = acc * (dropout.scale(rate) / jnp.where(empty, 1.0, l))[:, None]
   # m is in units of 1/c base-2 exponents, i.e. (m c) ln 2 = m scale natural units
   # without a score modification.
   m_nat = m * common.LN2 if score_mod.active else m * scale

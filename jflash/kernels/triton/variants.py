@@ -9,6 +9,7 @@ for the call's variants, in this order, each only when its variant is on:
 * ``slopes``: [B, N] float32 ALiBi slopes, read as scalars;
 * ``bias``, ``mask``: [B or 1, N or 1, T, S] additive bias and int8 mask, tiled by the
   kernel like its score tiles (the backward's dK/dV kernel reads them transposed);
+* ``seeds``: [B, N] uint32 dropout seeds, read as scalars;
 * ``obj_ids``, ``obj_blocks``: a mask object's pattern id per tile [R, C] and its
   distinct int8 patterns [U, rows, cols] (trace-time constants; transposed for dK/dV).
 """
@@ -41,6 +42,7 @@ class Extras(NamedTuple):
   mask: Any = None
   obj_ids: Any = None
   obj_blocks: Any = None
+  seeds: Any = None
 
   def object_tile(self, r, c):
     """The mask object's [rows, cols] int8 pattern of tile (r, c) of the kernel's lists."""
@@ -96,6 +98,8 @@ def inputs(spec: MaskSpec, score_mod: ScoreMod, operands: Operands, *, batch: in
     add("bias", operands.bias, scores_spec(operands.bias))
   if spec.dense_mask:
     add("mask", operands.mask, scores_spec(operands.mask))
+  if score_mod.dropout_rate:
+    add("seeds", operands.dropout_seeds)
   if spec.mask_object is not None:
     ids, blocks = spec.object_tiles(block_q, block_kv, transpose=transpose)
     add("obj_ids", masks.constant(ids))

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jflash import masks
+from jflash import dropout, masks
 from jflash.backends import Operands
 from jflash.kernels.xla.config import XlaConfig
 from jflash.masks import MaskSpec, Positions
@@ -53,6 +53,7 @@ class _Call(NamedTuple):
   mask: jax.Array | None    # [B or 1, K or 1, G or 1, T', S'] bool, padded with False
   obj_ids: jax.Array | None     # [nq, nkv] int32: a mask object's pattern of each tile
   obj_blocks: jax.Array | None  # [U, bq, bkv] bool: its distinct patterns
+  seeds: jax.Array | None       # [B, K, G, 1, 1] uint32 dropout seeds
 
 
 def _scores_operand(x, kv_heads, groups, nq, bq, nkv, bkv, value):
@@ -83,8 +84,11 @@ def _setup(spec, score_mod, scale, config, operands: Operands, b, kv_heads, grou
   if spec.mask_object is not None:
     obj_ids, obj_blocks = spec.object_tiles(bq, bkv)
     obj_ids, obj_blocks = masks.constant(obj_ids), masks.constant(obj_blocks != 0)
+  seeds = None
+  if score_mod.dropout_rate:
+    seeds = operands.dropout_seeds.reshape(b, kv_heads, groups, 1, 1)
   call = _Call(spec, score_mod, scale, bq, bkv, pos, flat, q_seg, kv_seg, slopes, bias, mask,
-               obj_ids, obj_blocks)
+               obj_ids, obj_blocks, seeds)
   return call, nq, nkv
 
 
@@ -118,6 +122,11 @@ def _logits(call: _Call, s, q_idx, kv_idx, masked: bool, with_grad=False):
       vis = vis & call.obj_blocks[call.obj_ids[q_idx[0] // call.bq, kv_idx[0] // call.bkv]]
     z = jnp.where(vis, z, -jnp.inf)
   return (z, dz_ds) if with_grad else z
+
+
+def _keep(call: _Call, q_idx, kv_idx):
+  """The dropout keep mask [B, K, G, bq, bkv] of a tile (the kernels' hash, bit for bit)."""
+  return dropout.keep(call.seeds, q_idx[:, None], kv_idx[None, :], call.score_mod.dropout_rate)
 
 
 def _fold(call: _Call, start, transpose: bool, body, carry, lists):
@@ -206,6 +215,8 @@ def forward(q, k, v, operands: Operands, *, scale: float, spec: MaskSpec,
       alpha = jnp.exp(m - m_use)
       p = jnp.exp(z - m_use[..., None])
       l = l * alpha + p.sum(-1)
+      if call.seeds is not None:  # after the row sum: l normalises the undropped softmax
+        p = jnp.where(_keep(call, q_idx, j * bkv + jnp.arange(bkv)), p, 0.0)
       pv = jnp.einsum("bkgqs,bskh->bkgqh", p.astype(v.dtype), vj, precision=prec,
                       preferred_element_type=jnp.float32)
       return acc * alpha[..., None] + pv, m_new, l
@@ -217,7 +228,8 @@ def forward(q, k, v, operands: Operands, *, scale: float, spec: MaskSpec,
     empty = l == 0
     if spec.q_lengths:  # padded query rows: out 0, lse -inf
       empty = empty | (q_idx >= call.flat.q_len[:, None, None, None])
-    out = jnp.where(empty[..., None], 0.0, acc / jnp.where(empty, 1.0, l)[..., None])
+    r = dropout.scale(score_mod.dropout_rate)
+    out = jnp.where(empty[..., None], 0.0, acc * (r / jnp.where(empty, 1.0, l))[..., None])
     lse = jnp.where(empty, -jnp.inf, m + jnp.log(jnp.where(empty, 1.0, l)))
     return out.astype(q.dtype), lse
 
@@ -265,15 +277,20 @@ def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec:
   kp, vp = (_pad_to(x, 1, nkv * bkv) for x in (k, v))
 
   def grads(qi, kj, vj, doi, lse_i, delta_i, q_idx, kv_idx, masked):
-    """(p, ds) [B, K, G, bq, bkv] float32; ds is dL/d(scale * q.k)."""
+    """(p, ds) [B, K, G, bq, bkv] float32: p as it multiplies V (dropped, with dropout),
+    ds is dL/d(logits)."""
     s = jnp.einsum("bqkgh,bskh->bkgqs", qi, kj, precision=prec,
                    preferred_element_type=jnp.float32)
     z, dz_ds = _logits(call, s, q_idx, kv_idx, masked, with_grad=True)
     p = jnp.exp(z - lse_i.transpose(0, 2, 3, 1)[..., None])
     dp = jnp.einsum("bqkgh,bskh->bkgqs", doi, vj, precision=prec,
                     preferred_element_type=jnp.float32)
+    p_v = p
+    if call.seeds is not None:  # dropout: dV from the dropped P, dP through the same mask
+      keep, r = _keep(call, q_idx, kv_idx), dropout.scale(score_mod.dropout_rate)
+      p_v, dp = jnp.where(keep, p * r, 0.0), jnp.where(keep, dp * r, 0.0)
     ds = p * (dp - delta_i.transpose(0, 2, 3, 1)[..., None])
-    return p, ds if dz_ds is None else ds * dz_ds
+    return p_v, ds if dz_ds is None else ds * dz_ds
 
   def tile(x, start, size):
     return lax.dynamic_slice_in_dim(x, start, size, axis=1)
