@@ -228,7 +228,10 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
   score_mod = ScoreMod(soft_cap=checks.check_soft_cap(logits_soft_cap),
                        alibi=operands.alibi_slopes is not None, bias=operands.bias is not None,
                        dropout_rate=dropout_rate)
-  problem = backends.Problem(b, t, s_len, n, k.shape[2], h, dtype, spec, score_mod)
+  score_bytes = ((0 if operands.bias is None else operands.bias.dtype.itemsize)
+                 + (operands.mask is not None or mask_object is not None))
+  problem = backends.Problem(b, t, s_len, n, k.shape[2], h, dtype, spec, score_mod,
+                             int(score_bytes))
   static = _Static(plans=_plans(implementation, interpret, config, problem, (q, k, v)),
                    scale=scale, spec=spec, score_mod=score_mod)
   out, lse = _attention(q, k, v, operands, static)

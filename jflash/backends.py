@@ -50,6 +50,8 @@ class Problem:
     dtype: the dtype of q, k and v.
     spec: the mask (static part).
     score_mod: the score modification (static part).
+    score_bytes: bytes per score of the operands tiled like the scores (a bias's
+      itemsize, plus 1 for a dense mask or a mask object's patterns).
   """
 
   batch: int
@@ -61,6 +63,7 @@ class Problem:
   dtype: np.dtype
   spec: MaskSpec
   score_mod: ScoreMod = ScoreMod()
+  score_bytes: int = 0
 
   @property
   def is_causal(self) -> bool:

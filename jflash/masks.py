@@ -254,8 +254,9 @@ class TileList(NamedTuple):
   """Per block row, the tiles to visit, compacted (see :func:`tile_lists`).
 
   count: [B, R] int32, how many tiles row r visits.
-  index: [B, R, C] int32, their column indices first (in increasing order), then junk.
-  full: [B, R, C] int32, 1 where that tile needs no mask.
+  index: [B, R, C] int32, their column indices: first the `full` tiles that need no mask,
+    then the masked ones (each group in increasing order), then junk.
+  full: [B, R] int32, how many of them need no mask.
   """
 
   count: jax.Array
@@ -286,12 +287,8 @@ def tile_lists(spec: MaskSpec, block_q: int, block_kv: int, *, batch: int,
     A :class:`TileList` with R = query tiles and C = key tiles (swapped if transpose).
   """
   if spec.static_tiles:  # a trace-time constant, the same for every batch element
-    kind = _static_classes(spec, block_q, block_kv, transpose)
-    count = np.count_nonzero(kind != SKIP, axis=-1).astype(np.int32)
-    index = np.argsort(kind == SKIP, axis=-1, kind="stable").astype(np.int32)
-    full = (np.take_along_axis(kind, index, axis=-1) == FULL).astype(np.int32)
-    return TileList(*(constant(np.broadcast_to(x, (batch, *x.shape)))
-                      for x in (count, index, full)))
+    lists = compact(_static_classes(spec, block_q, block_kv, transpose), xp=np)
+    return TileList(*(constant(np.broadcast_to(x, (batch, *x.shape))) for x in lists))
   return compact(tile_classes(spec, block_q, block_kv, batch=batch, positions=positions,
                               q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
                               mask=mask, transpose=transpose))
@@ -392,12 +389,20 @@ def mask_classes(mask, block_q: int, block_kv: int):
   return jnp.where(any_, jnp.where(all_, FULL, MASKED), SKIP)
 
 
-def compact(kind) -> TileList:
-  """The :class:`TileList` of tile classes `kind` [B, R, C]."""
-  count = jnp.sum(kind != SKIP, axis=-1, dtype=jnp.int32)
-  index = jnp.argsort(kind == SKIP, axis=-1, stable=True).astype(jnp.int32)
-  full = (jnp.take_along_axis(kind, index, axis=-1) == FULL).astype(jnp.int32)
-  return TileList(count, index, full)
+def compact(kind, xp=jnp) -> TileList:
+  """The :class:`TileList` of tile classes `kind` [..., R, C] (`xp`: jnp, or np on the host).
+
+  Full tiles come first, then masked ones: a kernel runs two loops, the first without
+  any masking (and without a branch per tile, so Triton can pipeline it).
+  """
+  order = xp.where(kind == FULL, 0, xp.where(kind == MASKED, 1, 2))
+  count = xp.sum(kind != SKIP, axis=-1).astype(np.int32)
+  full = xp.sum(kind == FULL, axis=-1).astype(np.int32)
+  if xp is np:
+    index = np.argsort(order, axis=-1, kind="stable")
+  else:
+    index = jnp.argsort(order, axis=-1, stable=True)
+  return TileList(count, index.astype(np.int32), full)
 
 
 def _tile_min_max(ids, block: int):
@@ -410,20 +415,20 @@ def _tile_min_max(ids, block: int):
   return lo.reshape(b, n, block).min(-1), hi.reshape(b, n, block).max(-1)
 
 
-def fold_tile_list(count: Index, tile: Callable[[Index], tuple[Index, Index]],
+def fold_tile_list(count: Index, full: Index, tile: Callable[[Index], Index],
                    body: Callable[..., Any], carry: Any) -> Any:
   """Runs ``carry = body(j, carry, masked=...)`` over a row of a :class:`TileList`.
 
-  `tile(t)` gives the t-th entry's (column index, full flag); `body` is traced twice
-  (masked and not) and `lax.cond` picks one per tile.
+  `tile(t)` gives the t-th entry's column index; entries [0, full) run unmasked, then
+  [full, count) masked: two loops, no branch per tile. (Online softmax does not care
+  about the order in which a row's tiles arrive.)
   """
 
-  def step(t, carry):
-    j, full = tile(t)
-    return lax.cond(full != 0, functools.partial(_drop_kw, body, False),
-                    functools.partial(_drop_kw, body, True), j, carry)
+  def run(masked):
+    return lambda t, carry: body(tile(t), carry, masked=masked)
 
-  return lax.fori_loop(0, count, step, carry)
+  carry = lax.fori_loop(0, full, run(False), carry)
+  return lax.fori_loop(full, count, run(True), carry)
 
 
 def ordered(lo, full_lo, full_hi, hi) -> TileRange:

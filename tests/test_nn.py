@@ -16,9 +16,11 @@ import pytest
 from flax import nnx
 
 import jflash
+import jflash.masks
 import jflash.nn
+import jflash.nn.functional
 import jflash.nn.linen
-from conftest import INTERPRET, assert_within_criterion, max_err
+from conftest import INTERPRET, assert_within_criterion, interpret_for, max_err
 from jflash.reference import dense_attention
 
 IMPLEMENTATION = "triton" if not INTERPRET else "xla"
@@ -153,32 +155,11 @@ def test_attention_fn_is_a_drop_in_for_nnx_and_linen():
   chex.assert_trees_all_close(lin_drop_in.apply(params, x), lin.apply(params, x), atol=2e-5)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda m, x: m(x, mask=jnp.ones((2, 4, 8, 8), bool)), "mask: a dense"),
-    (lambda m, x: m(x, sow_weights=True), "sow_weights"),
-])
-def test_attention_fn_refuses_what_it_cannot_honour_nnx(call, message):
+def test_attention_fn_refuses_sow_weights_nnx():
   mha = nnx.MultiHeadAttention(num_heads=4, in_features=16, decode=False,
                                attention_fn=jflash.nn.attention_fn, rngs=nnx.Rngs(0))
-  with pytest.raises(NotImplementedError, match=message):
-    call(mha, jnp.ones((2, 8, 16)))
-
-
-def test_attention_fn_refuses_dropout_and_bias():
-  q = jnp.ones((1, 8, 2, 16))
-  with pytest.raises(NotImplementedError, match="dropout_rate"):
-    jflash.nn.attention_fn(q, q, q, dropout_rate=0.1, deterministic=False)
-  with pytest.raises(NotImplementedError, match="bias"):
-    jflash.nn.attention_fn(q, q, q, bias=jnp.zeros((1, 2, 8, 8)))
-  # Deterministic evaluation with a dropout rate set is honoured (no dropout to apply).
-  chex.assert_shape(jflash.nn.attention_fn(q, q, q, dropout_rate=0.1, deterministic=True),
-                    q.shape)
-  lin = linen.MultiHeadDotProductAttention(num_heads=2, dropout_rate=0.1,
-                                           attention_fn=jflash.nn.attention_fn)
-  x = jnp.ones((1, 8, 16))
-  params = lin.init(jax.random.PRNGKey(0), x, deterministic=True)
-  with pytest.raises(NotImplementedError, match="dropout"):
-    lin.apply(params, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+  with pytest.raises(NotImplementedError, match="sow_weights"):
+    mha(jnp.ones((2, 8, 16)), sow_weights=True)
 
 
 def test_layer_argument_errors():
@@ -229,7 +210,7 @@ def _parameters(fn):
 @pytest.mark.parametrize("method, extras", [
     ("__init__", {"rope_theta", "local_window_size", "logits_soft_cap", "implementation",
                   "config"}),
-    ("__call__", {"positions", "q_segment_ids", "kv_segment_ids"}),
+    ("__call__", {"positions", "q_segment_ids", "kv_segment_ids", "bias"}),
 ])
 def test_nnx_takes_every_argument_of_multi_head_attention(method, extras):
   parent = _parameters(getattr(nnx.MultiHeadAttention, method))
@@ -278,13 +259,12 @@ def test_nnx_refuses_what_it_cannot_honour_naming_the_argument():
   layer = jflash.nn.FlashSelfAttention(num_heads=4, in_features=32, dropout_rate=0.1,
                                        implementation=IMPLEMENTATION, rngs=nnx.Rngs(0))
   x = _normal(12, (1, 4, 32))
-  with pytest.raises(NotImplementedError, match="mask.*pass is_causal=True"):
-    layer(x, mask=jnp.ones((1, 4, 4, 4), bool), deterministic=True)
   with pytest.raises(NotImplementedError, match="sow_weights"):
     layer(x, sow_weights=True, deterministic=True)
-  with pytest.raises(NotImplementedError, match="dropout_rate=0.1"):
+  # Dropout with Flax's default broadcast_dropout=True (one mask for all batch and heads).
+  with pytest.raises(NotImplementedError, match="broadcast_dropout=True.*broadcast_dropout=False"):
     layer(x, deterministic=False, rngs=nnx.Rngs(1))
-  with pytest.raises(NotImplementedError, match="dropout_rate=0.1"):
+  with pytest.raises(NotImplementedError, match="broadcast_dropout=True"):
     nnx.view(layer, deterministic=False)(x)
   with pytest.raises(NotImplementedError, match="input_positions"):
     layer(x, deterministic=True, input_positions=jnp.arange(4))
@@ -324,13 +304,15 @@ def test_attention_fn_says_kv_cache_decoding_is_unsupported():
   q, k = jnp.ones((1, 1, 4, 8)), jnp.ones((1, 4, 4, 8))
   with pytest.raises(NotImplementedError, match=f"is_causal.*top-left.*{_KV_CACHE}"):
     jflash.nn.attention_fn(q, k, k, is_causal=True)
-  # Any other dense mask: an honest message, and the way to causal masking.
-  with pytest.raises(NotImplementedError, match="mask: a dense.*not supported yet.*is_causal=True"):
-    jflash.nn.attention_fn(k, k, k, mask=jnp.ones((1, 4, 4, 4), bool))
+  # One query against S > 1 keys with a mask (yours or a jflash.masks object) is refused too.
+  for mask in (jnp.ones((1, 4, 1, 4), bool), jflash.masks.Causal()):
+    with pytest.raises(NotImplementedError, match=f"mask: 1 query against 4 keys.*{_KV_CACHE}"):
+      jflash.nn.attention_fn(q, k, k, mask=mask)
 
 
-@pytest.mark.parametrize("module", [jflash.nn, jflash.nn.linen, sys.modules["jflash.attention"]],
-                         ids=["nn", "linen", "attention"])
+@pytest.mark.parametrize("module", [jflash.nn, jflash.nn.functional, jflash.nn.linen,
+                                    sys.modules["jflash.attention"]],
+                         ids=["nn", "functional", "linen", "attention"])
 def test_docstring_examples_run(module):
   extra = dict(jax=jax, jnp=jnp, nnx=nnx, jflash=jflash)
   result = doctest.testmod(module, extraglobs=extra, optionflags=doctest.ELLIPSIS)
@@ -374,3 +356,244 @@ def test_attention_fn_forwards_variants_over_several_batch_dims():
   want, _ = dense_attention(flat, flat, flat, scale=8 ** -0.5, q_segment_ids=ids.reshape(6, 17),
                             query_seq_lengths=lengths.reshape(6))
   assert_within_criterion("out", max_err(got.reshape(6, 17, 4, 8), want), 0.0)
+
+
+def _xla_fn(**kwargs):
+  return functools.partial(jflash.nn.attention_fn, implementation="xla", **kwargs)
+
+
+def _key_padding_mask(lengths, t, s):
+  """Flax's float [B, 1, T, S] padding mask: key j of row b is valid iff j < lengths[b]."""
+  valid_k = jnp.arange(s)[None] < jnp.asarray(lengths)[:, None]
+  return nnx.make_attention_mask(jnp.ones((len(lengths), t)), valid_k)
+
+
+def test_attention_fn_bias_and_padding_mask_match_flax_forward_and_grads():
+  """Through nnx.MultiHeadAttention: the same layer with Flax's attention_fn, same params."""
+  kwargs = dict(num_heads=4, in_features=32, num_kv_heads=2, decode=False)
+  x = _normal(20, (2, 13, 32))
+  bias = _normal(21, (1, 4, 13, 13))  # e.g. a relative-position bias, shared over the batch
+  mask = _key_padding_mask([13, 9], 13, 13)
+  ours = nnx.MultiHeadAttention(**kwargs, attention_fn=_xla_fn(bias=bias), rngs=nnx.Rngs(0))
+  flax = nnx.MultiHeadAttention(
+      **kwargs, attention_fn=functools.partial(nnx.dot_product_attention, bias=bias),
+      rngs=nnx.Rngs(0))
+  for is_causal in (False, True):
+    loss = lambda model: jnp.sum(jnp.sin(model(x, mask=mask, is_causal=is_causal)))
+    chex.assert_trees_all_close(ours(x, mask=mask, is_causal=is_causal),
+                                flax(x, mask=mask, is_causal=is_causal), atol=2e-5)
+    chex.assert_trees_all_close(nnx.state(nnx.grad(loss)(ours), nnx.Param),
+                                nnx.state(nnx.grad(loss)(flax), nnx.Param), atol=1e-4, rtol=1e-4)
+
+
+def test_attention_fn_several_batch_dims_bias_mask_and_their_grads():
+  q = _normal(22, (2, 3, 11, 4, 8))
+  k, v = _normal(23, (2, 3, 9, 2, 8)), _normal(24, (2, 3, 9, 2, 8))
+  bias = _normal(25, (3, 1, 11, 9))  # broadcast over the first batch dim and the heads
+  mask = jnp.asarray(np.random.default_rng(26).random((2, 3, 4, 11, 9)) < 0.7)
+  mask = mask.at[..., 0].set(True)  # every query sees a key (see the next test)
+  # Flax's own flattening needs the bias's batch dims in full: broadcast them for it.
+  flax = lambda q, k, v, bias, mask: nnx.dot_product_attention(
+      q, k, v, bias=jnp.broadcast_to(bias, (2, 3, 1, 11, 9)), mask=mask)
+  loss = lambda fn: lambda q, k, v, b: jnp.sum(jnp.sin(fn(q, k, v, bias=b, mask=mask)))
+  args = (q, k, v, bias)
+  chex.assert_trees_all_close(_xla_fn()(q, k, v, bias=bias, mask=mask),
+                              flax(q, k, v, bias=bias, mask=mask), atol=2e-5)
+  chex.assert_trees_all_close(jax.grad(loss(_xla_fn()), argnums=(0, 1, 2, 3))(*args),
+                              jax.grad(loss(flax), argnums=(0, 1, 2, 3))(*args),
+                              atol=1e-4, rtol=1e-4)
+  with pytest.raises(ValueError, match=r"bias.shape=\(2, 9\) must be broadcastable"):
+    _xla_fn()(q, k, v, bias=jnp.zeros((2, 9)))
+  with pytest.raises(ValueError, match=r"mask.shape=\(3, 3, 1, 11, 9\)"):
+    _xla_fn()(q, k, v, mask=jnp.ones((3, 3, 1, 11, 9), bool))
+
+
+def test_attention_fn_query_that_sees_no_key_gives_zero():
+  """Documented difference: a query row the mask hides entirely gives 0 (Flax: mean of v)."""
+  q = _normal(27, (2, 6, 2, 8))
+  valid_q = jnp.arange(6)[None] < jnp.asarray([[6], [4]])
+  mask = nnx.make_attention_mask(valid_q, jnp.ones((2, 6)))  # query padding
+  got, flax = _xla_fn()(q, q, q, mask=mask), nnx.dot_product_attention(q, q, q, mask=mask)
+  chex.assert_trees_all_close(got[1, :4], flax[1, :4], atol=2e-5)
+  chex.assert_trees_all_close(got[0], flax[0], atol=2e-5)
+  chex.assert_trees_all_equal(got[1, 4:], jnp.zeros_like(got[1, 4:]))
+  chex.assert_trees_all_close(flax[1, 4:], jnp.broadcast_to(q[1].mean(0), (2, 2, 8)), atol=1e-5)
+
+
+def _spy(monkeypatch, **extra):
+  """Records the keyword arguments of every jflash.attention call (which still runs)."""
+  calls, real = [], jflash.attention
+
+  def spy(*args, **kwargs):
+    calls.append(kwargs)
+    return real(*args, **kwargs, **extra)
+
+  monkeypatch.setattr(jflash, "attention", spy)
+  return calls
+
+
+def test_make_causal_mask_runs_as_is_causal_and_under_jit_as_dense(monkeypatch):
+  calls = _spy(monkeypatch)
+  layer = nnx.MultiHeadAttention(num_heads=4, in_features=32, decode=False,
+                                 attention_fn=_xla_fn(), rngs=nnx.Rngs(0))
+  x = _normal(28, (2, 13, 32))
+  causal = nnx.make_causal_mask(jnp.ones((2, 13)))  # float32 [2, 1, 13, 13]
+  want = layer(x, is_causal=True)
+  for mask in (causal, causal.astype(bool), nnx.combine_masks(causal, causal)):
+    calls.clear()
+    chex.assert_trees_all_equal(layer(x, mask=mask), want)
+    assert calls[-1]["is_causal"] is True and calls[-1]["mask"] is None, calls[-1]
+  # Under jit the mask is a tracer: a dense mask, the same result.
+  calls.clear()
+  got = nnx.jit(lambda model, x, mask: model(x, mask=mask))(layer, x, causal)
+  assert calls[-1]["is_causal"] is False and calls[-1]["mask"] is not None
+  chex.assert_trees_all_close(got, want, atol=1e-6)
+  # Not the causal triangle (one entry off, or upper triangular): a dense mask.
+  for mask in (causal.at[1, 0, 5, 7].set(1.0), jnp.swapaxes(causal, -1, -2)):
+    calls.clear()
+    flax = nnx.MultiHeadAttention(num_heads=4, in_features=32, decode=False, rngs=nnx.Rngs(0))
+    chex.assert_trees_all_close(layer(x, mask=mask), flax(x, mask=mask), atol=2e-5)
+    assert calls[-1]["mask"] is not None and calls[-1]["is_causal"] is False
+
+
+def test_attention_fn_takes_jflash_mask_objects():
+  q, k = _normal(29, (2, 24, 4, 8)), _normal(30, (2, 24, 2, 8))
+  masks = jflash.masks
+  for mask in (masks.LocalWindow(5, 0),
+               (masks.Strided(3) | masks.LocalWindow(1, 0)) & masks.Causal()):
+    dense = jnp.asarray(mask(np.arange(24)[:, None], np.arange(24)[None]))
+    chex.assert_trees_all_close(_xla_fn()(q, k, k, mask=mask),
+                                _xla_fn()(q, k, k, mask=dense[None, None]), atol=1e-6)
+
+
+def test_attention_fn_dropout_is_jflash_dropout():
+  q = _normal(31, (2, 3, 16, 4, 8))
+  k, v = _normal(32, (2, 3, 16, 2, 8)), _normal(33, (2, 3, 16, 2, 8))
+  key = jax.random.key(7)
+  drop = dict(dropout_rate=0.3, dropout_rng=key, broadcast_dropout=False)
+  got = _xla_fn()(q, k, v, deterministic=False, **drop)
+  flat = lambda x: x.reshape(6, *x.shape[2:])
+  direct = jflash.attention(flat(q), flat(k), flat(v), dropout_rate=0.3, dropout_rng=key,
+                            implementation="xla")
+  chex.assert_trees_all_equal(got.reshape(direct.shape), direct)
+  no_dropout = _xla_fn()(q, k, v)
+  assert max_err(got, no_dropout) > 0.1
+  chex.assert_trees_all_equal(_xla_fn()(q, k, v, deterministic=True, **drop), no_dropout)
+  with pytest.raises(ValueError, match="dropout_rng is None.*dropout_rate=0.3"):
+    _xla_fn()(q, k, v, dropout_rate=0.3, broadcast_dropout=False)
+  with pytest.raises(NotImplementedError, match="broadcast_dropout=True.*independently"):
+    _xla_fn()(q, k, v, dropout_rate=0.3, dropout_rng=key)
+  with pytest.raises(ValueError, match="dropout_rate=1.5"):
+    _xla_fn()(q, k, v, dropout_rate=1.5, deterministic=True)
+
+
+def test_multi_head_attention_dropout_through_attention_fn():
+  kwargs = dict(num_heads=4, in_features=32, dropout_rate=0.2, decode=False)
+  x = _normal(34, (2, 16, 32))
+  layer = nnx.MultiHeadAttention(**kwargs, broadcast_dropout=False, attention_fn=_xla_fn(),
+                                 rngs=nnx.Rngs(0))
+  train = layer(x, deterministic=False, rngs=nnx.Rngs(dropout=3))
+  chex.assert_trees_all_equal(layer(x, deterministic=False, rngs=nnx.Rngs(dropout=3)), train)
+  assert max_err(train, layer(x, deterministic=True)) > 1e-2
+  # Flax's default broadcast_dropout=True: refused, with the fix.
+  default = nnx.MultiHeadAttention(**kwargs, attention_fn=_xla_fn(), rngs=nnx.Rngs(0))
+  with pytest.raises(NotImplementedError, match="construct the layer with broadcast_dropout=False"):
+    default(x, deterministic=False)
+  lin = linen.MultiHeadDotProductAttention(num_heads=4, dropout_rate=0.2,
+                                           broadcast_dropout=False, attention_fn=_xla_fn())
+  params = lin.init(jax.random.PRNGKey(0), x, deterministic=True)
+  apply = lambda seed: lin.apply(params, x, deterministic=False,
+                                 rngs={"dropout": jax.random.PRNGKey(seed)})
+  chex.assert_trees_all_equal(apply(1), apply(1))
+  assert max_err(apply(1), apply(2)) > 1e-2
+
+
+def test_attention_fn_bias_mask_dropout_triton_interpret(monkeypatch):
+  """The Triton kernels (interpret mode on CPU) through attention_fn agree with "xla"."""
+  q, k = _normal(35, (2, 16, 2, 8)), _normal(36, (2, 16, 2, 8))
+  bias, mask = _normal(37, (2, 1, 16, 16)), _key_padding_mask([16, 11], 16, 16)
+  args = dict(bias=bias, mask=mask, dropout_rate=0.25, dropout_rng=jax.random.key(2),
+              broadcast_dropout=False, is_causal=True)
+  want = _xla_fn()(q, k, k, **args)
+  _spy(monkeypatch, interpret=interpret_for("triton"))
+  got = jflash.nn.attention_fn(q, k, k, **args, implementation="triton")
+  chex.assert_trees_all_close(got, want, atol=1e-5)
+
+
+def test_flash_self_attention_dropout():
+  kwargs = dict(num_heads=4, in_features=32, num_kv_heads=2, implementation=IMPLEMENTATION)
+  x = _normal(38, (2, 16, 32))
+  layer = jflash.nn.FlashSelfAttention(**kwargs, dropout_rate=0.3, broadcast_dropout=False,
+                                       rngs=nnx.Rngs(0))
+  plain = jflash.nn.FlashSelfAttention(**kwargs, rngs=nnx.Rngs(0))
+  nnx.update(plain, nnx.state(layer, nnx.Param))
+  evaluation = layer(x, deterministic=True)
+  chex.assert_trees_all_equal(evaluation, plain(x))
+  chex.assert_trees_all_equal(nnx.view(layer, deterministic=True)(x), evaluation)
+  train = layer(x, deterministic=False, rngs=nnx.Rngs(dropout=5))
+  assert max_err(train, evaluation) > 1e-2
+  chex.assert_trees_all_equal(layer(x, deterministic=False, rngs=nnx.Rngs(dropout=5)), train)
+  # The layer's own stream (kept at construction) advances: two calls differ.
+  assert max_err(layer(x, deterministic=False), layer(x, deterministic=False)) > 1e-2
+  # The same keys as nnx.MultiHeadAttention with jflash's attention_fn and these params.
+  mha = nnx.MultiHeadAttention(num_heads=4, in_features=32, num_kv_heads=2, dropout_rate=0.3,
+                               broadcast_dropout=False, decode=False,
+                               attention_fn=_xla_fn(), rngs=nnx.Rngs(1))
+  nnx.update(mha, nnx.state(layer, nnx.Param))
+  chex.assert_trees_all_close(mha(x, deterministic=False, rngs=nnx.Rngs(dropout=5)), train,
+                              atol=2e-5)
+  unkept = jflash.nn.FlashSelfAttention(**kwargs, dropout_rate=0.3, broadcast_dropout=False,
+                                        keep_rngs=False, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="needs a dropout key"):
+    unkept(x, deterministic=False)
+
+
+def test_flash_self_attention_mask_and_bias():
+  kwargs = dict(num_heads=4, in_features=32, num_kv_heads=2)
+  x = _normal(39, (2, 13, 32))
+  bias = _normal(40, (2, 4, 13, 13))
+  mask = _key_padding_mask([13, 8], 13, 13).astype(bool)
+  ours = jflash.nn.FlashSelfAttention(**kwargs, implementation=IMPLEMENTATION, rngs=nnx.Rngs(0))
+  flax = nnx.MultiHeadAttention(
+      **kwargs, decode=False, rngs=nnx.Rngs(1),
+      attention_fn=functools.partial(nnx.dot_product_attention, bias=bias))
+  nnx.update(flax, nnx.state(ours, nnx.Param))
+  chex.assert_trees_all_close(ours(x, mask=mask, bias=bias, is_causal=True),
+                              flax(x, mask=mask, is_causal=True), atol=2e-5)
+  window = jflash.masks.LocalWindow(3, 0)
+  dense = jnp.asarray(window(np.arange(13)[:, None], np.arange(13)[None]))
+  chex.assert_trees_all_close(ours(x, mask=window), ours(x, mask=dense), atol=1e-6)
+  # A custom attention_fn that takes no mask or bias gets them anyway: never dropped.
+  blind = jflash.nn.FlashSelfAttention(**kwargs, attention_fn=lambda q, k, v, is_causal: q,
+                                       rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match="bias"):
+    blind(x, bias=bias)
+
+
+def test_linen_dropout_mask_bias():
+  kwargs = dict(num_heads=4, num_kv_heads=2, implementation=IMPLEMENTATION)
+  x = _normal(41, (2, 16, 32))
+  layer = jflash.nn.linen.FlashSelfAttention(**kwargs, dropout_rate=0.3)
+  params = layer.init(jax.random.PRNGKey(0), x, deterministic=True)
+  evaluation = layer.apply(params, x, deterministic=True)
+  chex.assert_trees_all_equal(evaluation,
+                              jflash.nn.linen.FlashSelfAttention(**kwargs).apply(params, x))
+  train = lambda seed: layer.apply(params, x, deterministic=False,
+                                   rngs={"dropout": jax.random.PRNGKey(seed)})
+  chex.assert_trees_all_equal(train(1), train(1))
+  assert max_err(train(1), evaluation) > 1e-2 and max_err(train(1), train(2)) > 1e-2
+  # A key given in the call is used as is (no rngs needed), as in linen's attention.
+  keyed = lambda: layer.apply(params, x, deterministic=False, dropout_rng=jax.random.key(1))
+  chex.assert_trees_all_equal(keyed(), keyed())
+  assert max_err(keyed(), evaluation) > 1e-2
+  with pytest.raises(ValueError, match="deterministic"):
+    layer.apply(params, x)
+  # mask and bias: as linen.MultiHeadDotProductAttention with the same params.
+  bias = _normal(42, (1, 4, 16, 16))
+  mask = _key_padding_mask([16, 10], 16, 16)
+  flax = linen.MultiHeadDotProductAttention(
+      num_heads=4, attention_fn=functools.partial(linen.dot_product_attention, bias=bias))
+  plain = jflash.nn.linen.FlashSelfAttention(num_heads=4, implementation=IMPLEMENTATION)
+  params = flax.init(jax.random.PRNGKey(1), x)
+  chex.assert_trees_all_close(plain.apply(params, x, mask=mask, bias=bias),
+                              flax.apply(params, x, mask=mask), atol=2e-5)

@@ -5,11 +5,12 @@
   ``query/key/value/out``, ``query_ln/key_ln`` with ``normalize_qk``), so an
   ``nnx.MultiHeadAttention`` checkpoint loads into it unchanged. Optional rotary
   position embedding (RoPE, Su et al. 2021) on q and k before the kernel.
-* :func:`attention_fn` — a drop-in ``attention_fn`` for ``nnx.MultiHeadAttention`` and
-  ``linen.MultiHeadDotProductAttention``.
+* :func:`attention_fn` (defined in `jflash.nn.functional`) — a drop-in ``attention_fn``
+  for ``nnx.MultiHeadAttention`` and ``linen.MultiHeadDotProductAttention``.
 
-Neither decodes over a KV cache yet (``decode=True``, ``init_cache``), nor applies a dense
-mask or attention dropout: those raise ``NotImplementedError`` rather than compute
+Both take Flax's `mask` and `bias` and attention dropout (with ``broadcast_dropout=False``).
+Neither decodes over a KV cache yet (``decode=True``, ``init_cache``), nor applies Flax's
+``broadcast_dropout=True``: those raise ``NotImplementedError`` rather than compute
 something else.
 
 This module only calls :func:`jflash.attention`; it never imports a kernel.
@@ -31,150 +32,10 @@ from flax.nnx.nn import dtypes as nnx_dtypes
 from flax.nnx.nn.linear import default_kernel_init
 
 import jflash
-
-
-def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: bool = True,
-                 dropout_rng=None, dropout_rate: float = 0.0, deterministic: bool = False,
-                 dtype=None, precision=None, module=None,
-                 promote_dtype=nnx_dtypes.promote_dtype, is_causal: bool = False,
-                 force_fp32_for_softmax: bool = False, qk_attn_weights_einsum=None,
-                 attn_weights_value_einsum=None, input_positions=None, *,
-                 query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
-                 q_segment_ids=None, kv_segment_ids=None, q_offset=0, logits_soft_cap=None,
-                 alibi_slopes=None, implementation: str | None = None,
-                 config: jflash.AttentionConfig | None = None):
-  """FlashAttention with the signature of Flax's ``dot_product_attention``.
-
-  Pass it as ``attention_fn=jflash.nn.attention_fn`` to ``nnx.MultiHeadAttention`` or
-  ``linen.MultiHeadDotProductAttention`` (use ``functools.partial`` to set
-  `implementation` or `config`). It takes exactly the keyword arguments Flax passes.
-
-  Decoding over a KV cache (``decode=True`` in those layers) is not supported yet: Flax
-  then passes one query against all `S` cached keys with a mask it builds itself, and
-  this function raises ``NotImplementedError`` saying so. Decode with Flax's default
-  ``attention_fn``; the same parameters load into it.
-
-  Args:
-    query: [batch..., T, N, H].
-    key, value: [batch..., S, K, H], N % K == 0.
-    bias, mask: must be None: a dense [.., T, S] bias or mask (yours, or one Flax builds,
-      e.g. for a KV cache) is not supported yet. Use `is_causal` for causal masking.
-    broadcast_dropout, dropout_rng: unused when there is no dropout.
-    dropout_rate, deterministic: dropout is not available yet: `dropout_rate` must be
-      0 or `deterministic` True.
-    dtype: computation dtype; q, k, v are promoted to it with `promote_dtype`.
-    precision: accepted for compatibility: products are always exact with fp32
-      accumulation, which meets any `jax.lax.Precision`.
-    module: must be None (``sow_weights=True`` asks for the T x S weights, which a
-      FlashAttention kernel never forms).
-    promote_dtype: Flax's dtype promotion function.
-    is_causal: top-left aligned causal mask (query i sees keys j <= i, as in
-      ``jax.nn.dot_product_attention``); needs T >= S (see Raises).
-    force_fp32_for_softmax: accepted: the softmax is always computed in fp32.
-    qk_attn_weights_einsum, attn_weights_value_einsum: must be None (quantised einsums).
-    input_positions: must be None; use :class:`FlashSelfAttention` with `rope_theta`
-      (and its `positions`).
-    query_seq_lengths, key_value_seq_lengths, local_window_size, q_segment_ids,
-    kv_segment_ids, q_offset, logits_soft_cap, alibi_slopes: the variants of
-      :func:`jflash.attention`, forwarded (with several leading batch dims, their batch
-      dims are flattened like q's).
-    implementation, config: forwarded to :func:`jflash.attention`.
-
-  Returns:
-    [batch..., T, N, H] in the promoted dtype.
-
-  Raises:
-    NotImplementedError: for any argument above that cannot be honoured, naming it; for
-      what looks like decoding over a KV cache (one query against S > 1 keys with a
-      mask, as Flax's ``decode=True`` passes); and for `is_causal` with T < S, where a
-      top-left aligned mask would be wrong for a KV cache (the queries are the last T
-      positions there, not the first).
-    ValueError: from :func:`jflash.attention` for bad shapes or dtypes.
-
-  Example::
-
-    >>> from flax import nnx
-    >>> layer = nnx.MultiHeadAttention(num_heads=4, in_features=64, decode=False,
-    ...                                attention_fn=jflash.nn.attention_fn, rngs=nnx.Rngs(0))
-    >>> layer(jnp.ones((2, 16, 64)), is_causal=True).shape
-    (2, 16, 64)
-  """
-  del broadcast_dropout, dropout_rng, precision, force_fp32_for_softmax
-  t, s = query.shape[-3], key.shape[-3]
-  if mask is not None and t == 1 and s > 1:
-    raise NotImplementedError(
-        f"jflash.nn.attention_fn: mask: 1 query against {s} keys with a mask is what Flax's "
-        "decode=True passes (a mask Flax builds over its KV cache, whether or not you passed "
-        f"one): {_NO_KV_CACHE}. Dense masks of any kind are not supported yet either; for "
-        "causal masking without a cache pass is_causal=True")
-  if is_causal and t < s:
-    raise NotImplementedError(
-        f"jflash.nn.attention_fn: is_causal with fewer queries (T={t}) than keys (S={s}): "
-        "jflash's causal mask is top-left aligned (query i sees keys j <= i), which is wrong "
-        "for a KV cache, where the queries are the last T positions; "
-        f"{_NO_KV_CACHE}")
-  unsupported = {
-      "bias": bias is not None,
-      "mask": mask is not None,
-      "dropout_rate": dropout_rate > 0.0 and not deterministic,
-      "module (sow_weights=True)": module is not None,
-      "qk_attn_weights_einsum": qk_attn_weights_einsum is not None,
-      "attn_weights_value_einsum": attn_weights_value_einsum is not None,
-      "input_positions": input_positions is not None,
-  }
-  reasons = {
-      "bias": "a dense [.., T, S] bias is not supported yet",
-      "mask": "a dense [.., T, S] mask (yours, or one Flax builds, e.g. for padding or a KV "
-              "cache) is not supported yet; pass is_causal=True for causal masking",
-      "dropout_rate": f"attention dropout (rate {dropout_rate}) is not available yet; "
-                      "use deterministic=True or dropout_rate=0",
-      "module (sow_weights=True)": "FlashAttention never forms the attention weights to sow",
-      "qk_attn_weights_einsum": "custom (quantised) einsums cannot run inside the kernel",
-      "attn_weights_value_einsum": "custom (quantised) einsums cannot run inside the kernel",
-      "input_positions": "RoPE positions: use jflash.nn.FlashSelfAttention(rope_theta=...) "
-                         "and pass positions=... to its call",
-  }
-  for name, bad in unsupported.items():
-    if bad:
-      raise NotImplementedError(f"jflash.nn.attention_fn: {name}: {reasons[name]}")
-  query, key, value = promote_dtype((query, key, value), dtype=dtype)
-  return _attention_any_batch(
-      query, key, value, is_causal=is_causal, implementation=implementation, config=config,
-      local_window_size=local_window_size, logits_soft_cap=logits_soft_cap,
-      batched=dict(query_seq_lengths=query_seq_lengths,
-                   key_value_seq_lengths=key_value_seq_lengths, q_segment_ids=q_segment_ids,
-                   kv_segment_ids=kv_segment_ids, q_offset=q_offset,
-                   alibi_slopes=alibi_slopes))
-
-
-_NO_KV_CACHE = (
-    "decoding over a KV cache is not supported by jflash yet; to decode, use Flax's "
-    "nnx.MultiHeadAttention (or linen.MultiHeadDotProductAttention) with decode=True and its "
-    "default attention_fn: the same parameters load into it")
-
+from jflash.nn.functional import NO_KV_CACHE as _NO_KV_CACHE
+from jflash.nn.functional import attention_fn
 
 _flash_attention_fn = attention_fn  # the default of FlashSelfAttention(attention_fn=...)
-
-
-def _attention_any_batch(q, k, v, *, batched, **kwargs):
-  """jflash.attention over any number of leading batch dims (Flax allows several).
-
-  `batched` holds the per-batch operands: arrays whose leading dims are q's batch dims
-  are flattened with them; anything else (None, an int q_offset, [N] slopes) passes as is.
-  """
-  if q.ndim <= 4:
-    return jflash.attention(q, k, v, **kwargs, **batched)
-  batch = q.shape[:-3]
-  flat = lambda x: x.reshape(math.prod(x.shape[:-3]), *x.shape[-3:])
-
-  def flat_operand(x):
-    if hasattr(x, "shape") and tuple(x.shape[:len(batch)]) == batch:
-      return x.reshape(math.prod(batch), *x.shape[len(batch):])
-    return x
-
-  out = jflash.attention(flat(q), flat(k), flat(v), **kwargs,
-                         **{name: flat_operand(x) for name, x in batched.items()})
-  return out.reshape(*batch, *out.shape[1:])
 
 
 def apply_rope(x, positions, theta: float):
@@ -214,6 +75,13 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
   ``layer(inputs_q, inputs_k, inputs_v)``), plus optional rotary position embedding
   (RoPE, Su et al. 2021) on q and k before the kernel.
 
+  Attention dropout works as in the parent (`dropout_rate`, `deterministic` here, in the
+  call or through ``nnx.view``; the dropout key from the call's `rngs` or the layer's
+  own ``self.rngs``), fused in the kernel, with ``broadcast_dropout=False``: each
+  (batch, head, query, key) probability is dropped independently. A call's `mask`
+  (Flax's boolean [batch..., N or 1, T, S], or a ``jflash.masks`` object) and `bias`
+  reach the kernel through :func:`attention_fn`, which documents them.
+
   What ``jflash`` cannot do yet raises ``NotImplementedError`` naming the argument:
 
   * decoding over a KV cache: ``decode=True`` here, in the call or through
@@ -221,10 +89,10 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
     layer ignores. To decode, load the parameters into ``nnx.MultiHeadAttention(...,
     decode=True)`` with its default `attention_fn` (``nnx.update(mha, nnx.state(layer,
     nnx.Param))``; a layer with `rope_theta` also needs RoPE at the cache positions).
-  * attention dropout: `dropout_rate` > 0 in a call that is not deterministic
-    (a deterministic call, or `dropout_rate` 0, works).
-  * a dense `mask` in the call (pass ``is_causal=True`` for causal masking) and
-    ``sow_weights=True`` (a FlashAttention kernel never forms the weights).
+  * dropout with ``broadcast_dropout=True`` (the parent's default: one T x S dropout
+    mask shared by all batch elements and heads), in a call that applies dropout:
+    construct with ``broadcast_dropout=False``.
+  * ``sow_weights=True`` (a FlashAttention kernel never forms the weights).
 
   Args:
     num_heads: N, query heads.
@@ -235,10 +103,10 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
     in_kv_features: features of `inputs_k` and `inputs_v` (default `in_features`).
     dtype: computation dtype (default: inferred from inputs and params).
     param_dtype: parameter dtype (default float32).
-    broadcast_dropout, dropout_rate, deterministic: as in ``nnx.MultiHeadAttention``;
-      attention dropout itself is not available yet (see above), so with
-      `dropout_rate` > 0 every call must be deterministic (here, in the call, or through
-      ``nnx.view(layer, deterministic=True)``).
+    broadcast_dropout: must be False for a call that applies dropout (see above).
+    dropout_rate: probability of dropping an attention probability, in [0, 1).
+    deterministic: as in ``nnx.MultiHeadAttention``: True turns dropout off (the call's
+      `deterministic` and ``nnx.view`` take precedence).
     precision: precision of the projections.
     kernel_init, out_kernel_init, bias_init, out_bias_init, use_bias: as in
       ``nnx.MultiHeadAttention``.
@@ -246,15 +114,17 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
       with `implementation` and `config`), called as ``nnx.MultiHeadAttention`` calls
       it: ``attention_fn(q, k, v, is_causal=..., **kwargs)`` with q [batch..., T, N, H]
       and k, v [batch..., S, K, H] (after RoPE), where `kwargs` are those of Flax's
-      (``mask``, ``dtype``, ``precision``, ...) that its signature takes, and
-      ``input_positions`` when the call has them; for comparing against other
-      attentions with everything else identical.
+      (``mask``, ``dtype``, ``precision``, ...) that its signature takes; a call's
+      `mask`, `bias`, segment ids, ``input_positions`` and, when dropout is applied,
+      the dropout arguments are passed whenever given, taken or not (never dropped);
+      for comparing against other attentions with everything else identical.
     decode: must be None or False (see above).
     normalize_qk: LayerNorm on q and k (ViT-22B).
     qkv_promote_dtype, out_promote_dtype, ln_promote_dtype, qkv_dot_general,
       out_dot_general, qkv_dot_general_cls, out_dot_general_cls: as in
       ``nnx.MultiHeadAttention`` (they act on the projections and the LayerNorms).
-    rngs: ``nnx.Rngs`` for parameter initialisation.
+    rngs: ``nnx.Rngs`` for parameter initialisation; with `dropout_rate` > 0 and
+      `keep_rngs`, the layer keeps a fork of its ``dropout`` stream for dropout keys.
     keep_rngs, kernel_metadata, out_kernel_metadata, bias_metadata, out_bias_metadata,
       query_ln_scale_metadata, key_ln_scale_metadata: as in ``nnx.MultiHeadAttention``.
     rope_theta: if not None, apply rotary position embedding with this base to q and k
@@ -326,19 +196,21 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
                rngs=None, sow_weights: bool = False, decode: bool | None = None,
                is_causal: bool = False, out_sharding=None, qkv_sharding=None,
                input_positions=None, positions=None, q_segment_ids=None,
-               kv_segment_ids=None):
+               kv_segment_ids=None, bias=None):
     """Multi-head attention of `inputs_q` over `inputs_k`/`inputs_v` (self-attention by default).
 
     Args:
       inputs_q: [batch..., T, in_features].
       inputs_k: [batch..., S, in_kv_features] (default `inputs_q`: self-attention).
       inputs_v: [batch..., S, in_kv_features] (default `inputs_k`).
-      mask: must be None: a dense mask is not supported yet; for causal masking pass
-        `is_causal`.
+      mask: None, boolean [batch..., N or 1, T, S] (True: attend; e.g. from
+        ``nnx.make_attention_mask``), or a ``jflash.masks`` object; see
+        :func:`attention_fn` (a concrete causal mask runs as `is_causal`).
       deterministic: as in ``nnx.MultiHeadAttention`` (overrides the constructor's and
-        ``nnx.view``'s); with `dropout_rate` > 0 it must resolve to True.
-      rngs: as in ``nnx.MultiHeadAttention``; used only for dropout, which is not
-        available yet.
+        ``nnx.view``'s): with `dropout_rate` > 0, False applies dropout.
+      rngs: as in ``nnx.MultiHeadAttention``: ``nnx.Rngs`` (its ``dropout`` stream) or
+        an ``nnx.RngStream`` for the dropout key (default: the layer's own, kept at
+        construction); used only when dropout is applied.
       sow_weights: must be False (FlashAttention never forms the attention weights).
       decode: must be None or False (decoding over a KV cache is not available yet).
       is_causal: top-left aligned causal mask (query i sees keys j <= i), as in
@@ -352,42 +224,30 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
         for packed sequences (a query attends only to keys with its id; the keys default
         to the queries' ids). With packing, give `positions` that restart per document
         if RoPE should.
+      bias: None, or float [batch..., N or 1, T, S] added to the scaled logits
+        (differentiable; see :func:`attention_fn`).
 
     Returns:
       [batch..., T, out_features].
 
     Raises:
-      NotImplementedError: `decode` (here or set on the layer), `mask`, `sow_weights`,
-        a non-deterministic call with `dropout_rate` > 0, `rope_theta` with
-        cross-attention (`inputs_k` given and not the very array `inputs_q`: RoPE needs
-        the queries and keys on one sequence), and from the default `attention_fn`:
-        `input_positions`, `is_causal` with T < S.
+      NotImplementedError: `decode` (here or set on the layer), `sow_weights`,
+        `rope_theta` with cross-attention (`inputs_k` given and not the very array
+        `inputs_q`: RoPE needs the queries and keys on one sequence), and from the
+        default `attention_fn`: dropout with ``broadcast_dropout=True``,
+        `input_positions`, `is_causal` with T < S, a `mask` with T = 1 < S (a KV cache).
       ValueError: `inputs_q`'s last dim is not `in_features`, `inputs_v` without
-        `inputs_k`, `positions` without `rope_theta`, or `dropout_rate` > 0 with
-        `deterministic` given nowhere (as in ``nnx.MultiHeadAttention``).
+        `inputs_k`, `positions` without `rope_theta`, `dropout_rate` > 0 with
+        `deterministic` given nowhere, or dropout with no `rngs` here and none kept
+        (``keep_rngs=False``), as in ``nnx.MultiHeadAttention``; a `mask` or `bias` of
+        the wrong shape.
     """
     if decode or (decode is None and self.decode):
       raise NotImplementedError(f"FlashSelfAttention: decode=True: {_NO_KV_CACHE}")
-    if mask is not None:
-      raise NotImplementedError(
-          "FlashSelfAttention: mask: a dense attention mask is not supported yet; for causal "
-          "masking pass is_causal=True (query i sees keys j <= i) instead")
     if sow_weights:
       raise NotImplementedError(
           "FlashSelfAttention: sow_weights=True: FlashAttention never forms the attention "
           "weights to sow; use nnx.MultiHeadAttention with the same parameters to inspect them")
-    if self.dropout_rate > 0.0:
-      deterministic = first_from(
-          deterministic, self.deterministic,
-          error_msg="No `deterministic` argument was provided to FlashSelfAttention as either "
-                    "a __call__ argument, class attribute, or nnx.view")
-      if not deterministic:
-        raise NotImplementedError(
-            f"FlashSelfAttention: dropout_rate={self.dropout_rate}: attention dropout is not "
-            "available in jflash yet; call with deterministic=True (or construct with "
-            "deterministic=True, or use nnx.view(model, deterministic=True)), or use "
-            "dropout_rate=0")
-    del rngs  # Only for dropout.
     self_attention = inputs_k is None or inputs_k is inputs_q
     if inputs_k is None:
       if inputs_v is not None:
@@ -415,19 +275,50 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
       q, k = self.query_ln(q), self.key_ln(k)
     if self.rope_theta is not None:
       q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
-    flax_kwargs = dict(mask=None, dropout_rng=None, dropout_rate=self.dropout_rate,
-                       broadcast_dropout=self.broadcast_dropout, deterministic=True,
+    deterministic, dropout_rng = self._dropout_rng(deterministic, rngs)  # as the parent
+    flax_kwargs = dict(mask=mask, dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
+                       broadcast_dropout=self.broadcast_dropout, deterministic=deterministic,
                        dtype=self.dtype, precision=self.precision, module=None)
-    always = ["input_positions"]
-    if input_positions is not None:
-      flax_kwargs["input_positions"] = input_positions
-    for name, ids in (("q_segment_ids", q_segment_ids), ("kv_segment_ids", kv_segment_ids)):
-      if ids is not None:  # passed even to an attention_fn that does not take them
-        flax_kwargs[name] = ids
+    # Passed even to an attention_fn whose signature lacks them (never dropped silently).
+    always = []
+    if mask is not None:
+      always.append("mask")
+    if dropout_rng is not None:
+      always += ["dropout_rng", "dropout_rate", "broadcast_dropout", "deterministic"]
+    for name, x in (("input_positions", input_positions), ("q_segment_ids", q_segment_ids),
+                    ("kv_segment_ids", kv_segment_ids), ("bias", bias)):
+      if x is not None:
+        flax_kwargs[name] = x
         always.append(name)
     y = _call_attention_fn(self.attention_fn, q, k, v, is_causal=is_causal,
                            always=tuple(always), **flax_kwargs)
     return self.out(y, out_sharding=out_sharding)
+
+  def _dropout_rng(self, deterministic, rngs):
+    """(deterministic, dropout key or None) of a call, as ``nnx.MultiHeadAttention`` does.
+
+    Raises:
+      ValueError: `dropout_rate` > 0 and `deterministic` given nowhere, or dropout
+        applied with no `rngs` in the call and none kept by the layer.
+    """
+    if self.dropout_rate <= 0.0:
+      return True, None
+    deterministic = first_from(
+        deterministic, self.deterministic,
+        error_msg="No `deterministic` argument was provided to FlashSelfAttention as either "
+                  "a __call__ argument, class attribute, or nnx.view")
+    if deterministic:
+      return True, None
+    if rngs is None:
+      rngs = self.rngs
+    elif isinstance(rngs, nnx.Rngs):
+      rngs = rngs.dropout
+    if rngs is None:
+      raise ValueError(
+          f"FlashSelfAttention: dropout_rate={self.dropout_rate} with deterministic=False "
+          "needs a dropout key: pass rngs=... to the call, as the layer was built with "
+          "keep_rngs=False")
+    return False, rngs()
 
   def init_cache(self, input_shape, dtype=jnp.float32):
     """Not available yet: raises ``NotImplementedError``.

@@ -40,10 +40,12 @@ class TritonBackend(backends.Backend):
 
   def default_config(self, problem, device):
     return default_config(problem.head_dim, problem.dtype, problem.is_causal,
-                          _capability(device), kv_len=problem.kv_len)
+                          _capability(device), kv_len=problem.kv_len,
+                          score_bytes=problem.score_bytes)
 
   def check_config(self, config, problem, device):
-    check_fits(config, problem.head_dim, problem.dtype, _capability(device))
+    check_fits(config, problem.head_dim, problem.dtype, _capability(device),
+               score_bytes=problem.score_bytes)
 
   def forward(self, q, k, v, operands, *, scale, spec, score_mod, config, interpret):
     from jflash.kernels.triton import forward as kernels  # pylint: disable=g-import-not-at-top

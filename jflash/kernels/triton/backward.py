@@ -124,8 +124,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: f
       return dk, dv
 
     if spec.uses_tile_lists:
-      return masks.fold_tile_list(
-          ex.count[b, j], lambda t: (ex.index[b, j, t], ex.full[b, j, t]), body, carry)
+      return masks.fold_tile_list(ex.count[b, j], ex.full[b, j], lambda t: ex.index[b, j, t],
+                                  body, carry)
     return masks.fold_tiles(spec.q_tiles(kv_start, block_kv, block_q, pos), body, carry)
 
   zeros = jnp.zeros((block_kv, h_pad), jnp.float32)
@@ -206,8 +206,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: fl
 
   init = jnp.zeros((block_q, h_pad), jnp.float32)
   if spec.uses_tile_lists:
-    dq = masks.fold_tile_list(
-        ex.count[b, i], lambda t: (ex.index[b, i, t], ex.full[b, i, t]), body, init)
+    dq = masks.fold_tile_list(ex.count[b, i], ex.full[b, i], lambda t: ex.index[b, i, t],
+                              body, init)
   else:
     dq = masks.fold_tiles(spec.kv_tiles(q_start, block_q, block_kv, pos), body, init)
   common.store(dq_ref, (dq * scale).astype(dq_ref.dtype), q_rows, cols)

@@ -87,22 +87,28 @@ def padded_head_dim(head_dim: int) -> int:
   return max(16, 1 << (head_dim - 1).bit_length())
 
 
-def shared_memory_estimate(config: TritonConfig, head_dim: int, dtype) -> dict[str, int]:
+def shared_memory_estimate(config: TritonConfig, head_dim: int, dtype,
+                           score_bytes: int = 0) -> dict[str, int]:
   """Shared memory, in bytes, each Triton kernel needs for its pipelined tiles.
 
   A lower-bound estimate of what Triton allocates: the tile held for the whole program,
-  ``num_stages`` buffers of each streamed tile, and one probability tile. Returns a dict
-  ``{"forward": ..., "dkv": ..., "dq": ...}``.
+  ``num_stages`` buffers of each streamed tile, and one probability tile. `score_bytes`
+  is the bytes per score of the tiles streamed with the scores (a bias's itemsize, 1 for
+  a mask), also ``num_stages`` deep. Returns a dict ``{"forward": ..., "dkv": ...,
+  "dq": ...}``.
   """
   h = padded_head_dim(head_dim)
   size = jnp.dtype(dtype).itemsize
   c = config
   return {
-      "forward": size * (c.block_q * h + c.num_stages * 2 * c.block_kv * h),
+      "forward": size * (c.block_q * h + c.num_stages * 2 * c.block_kv * h)
+                 + score_bytes * c.num_stages * c.block_q * c.block_kv,
       "dkv": size * (2 * c.block_kv_dkv * h + c.num_stages_dkv * 2 * c.block_q_dkv * h
-                     + c.block_q_dkv * c.block_kv_dkv),
+                     + c.block_q_dkv * c.block_kv_dkv)
+             + score_bytes * c.num_stages_dkv * c.block_q_dkv * c.block_kv_dkv,
       "dq": size * (2 * c.block_q_dq * h + c.num_stages_dq * 2 * c.block_kv_dq * h
-                    + c.block_q_dq * c.block_kv_dq),
+                    + c.block_q_dq * c.block_kv_dq)
+            + score_bytes * c.num_stages_dq * c.block_q_dq * c.block_kv_dq,
   }
 
 
@@ -113,10 +119,14 @@ def shared_memory_limit(compute_capability: tuple[int, int]) -> int:
   return 99 * 1024  # the smallest limit among sm80+ parts
 
 
-def check_fits(config: TritonConfig, head_dim: int, dtype, compute_capability: tuple[int, int]):
-  """Raises ValueError if a kernel of `config` needs more shared memory than the GPU has."""
+def check_fits(config: TritonConfig, head_dim: int, dtype, compute_capability: tuple[int, int],
+               score_bytes: int = 0):
+  """Raises ValueError if a kernel of `config` needs more shared memory than the GPU has.
+
+  `score_bytes`: see :func:`shared_memory_estimate`.
+  """
   limit = shared_memory_limit(compute_capability)
-  for kernel, need in shared_memory_estimate(config, head_dim, dtype).items():
+  for kernel, need in shared_memory_estimate(config, head_dim, dtype, score_bytes).items():
     if need > limit:
       raise ValueError(
           f"{config} does not fit: its {kernel} kernel needs at least {need} bytes of shared "
@@ -128,7 +138,7 @@ def check_fits(config: TritonConfig, head_dim: int, dtype, compute_capability: t
 @functools.lru_cache(maxsize=None)
 def default_config(head_dim: int, dtype, is_causal: bool,
                    compute_capability: tuple[int, int] = INTERPRET_COMPUTE_CAPABILITY,
-                   kv_len: int | None = None) -> TritonConfig:
+                   kv_len: int | None = None, score_bytes: int = 0) -> TritonConfig:
   """The block-size heuristic for the Triton kernels: a config for the case that fits.
 
   Args:
@@ -137,6 +147,8 @@ def default_config(head_dim: int, dtype, is_causal: bool,
     is_causal: whether the mask is causal.
     compute_capability: (major, minor) of the GPU; defaults to Hopper (9, 0).
     kv_len: S, the number of keys each query row streams through (None: long).
+    score_bytes: bytes per score of a bias and/or mask streamed with the scores (see
+      :func:`shared_memory_estimate`); they cost shared memory, so fewer stages fit.
 
   Returns:
     A :class:`TritonConfig` that passes :func:`check_fits` on that GPU. The choices
@@ -172,7 +184,8 @@ def default_config(head_dim: int, dtype, is_causal: bool,
     config = _halve(config)
   # Shrink until it fits the GPU's shared memory (e.g. consumer parts with 99 KiB).
   limit = shared_memory_limit(compute_capability)
-  while any(need > limit for need in shared_memory_estimate(config, head_dim, dtype).values()):
+  while any(need > limit for need in
+            shared_memory_estimate(config, head_dim, dtype, score_bytes).values()):
     config = _shrink(config)
   return config
 

@@ -99,8 +99,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, scale: float, spec: MaskSpec,
   init = (jnp.zeros((block_q, q_ref.shape[-1]), jnp.float32),
           jnp.full((block_q,), -jnp.inf, jnp.float32), jnp.zeros((block_q,), jnp.float32))
   if spec.uses_tile_lists:
-    acc, m, l = masks.fold_tile_list(
-        ex.count[b, i], lambda t: (ex.index[b, i, t], ex.full[b, i, t]), body, init)
+    acc, m, l = masks.fold_tile_list(ex.count[b, i], ex.full[b, i],
+                                     lambda t: ex.index[b, i, t], body, init)
   else:
     acc, m, l = masks.fold_tiles(spec.kv_tiles(q_start, block_q, block_kv, pos), body, init)
   empty = l == 0.0  # the row saw no key: out = 0 (acc is 0), lse = -inf

@@ -5,7 +5,8 @@ for the call's variants, in this order, each only when its variant is on:
 
 * ``pos``: [B, 3] int32 (q_offset, query length, key length), read as scalars;
 * ``q_seg``, ``kv_seg``: [B, T], [B, S] int32 segment ids, tiled by the kernel;
-* ``count``, ``index``, ``full``: the kernel's tile lists (:func:`jflash.masks.tile_lists`);
+* ``count``, ``index``, ``full``: the kernel's tile lists (:func:`jflash.masks.tile_lists`),
+  [B, R], [B, R, C], [B, R];
 * ``slopes``: [B, N] float32 ALiBi slopes, read as scalars;
 * ``bias``, ``mask``: [B or 1, N or 1, T, S] additive bias and int8 mask, tiled by the
   kernel like its score tiles (the backward's dK/dV kernel reads them transposed);

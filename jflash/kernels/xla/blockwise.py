@@ -134,7 +134,7 @@ def _fold(call: _Call, start, transpose: bool, body, carry, lists):
   if lists is not None:
     count, index, full = lists
     r = start // (call.bkv if transpose else call.bq)
-    return masks.fold_tile_list(count[r], lambda t: (index[r, t], full[r, t]), body, carry)
+    return masks.fold_tile_list(count[r], full[r], lambda t: index[r, t], body, carry)
   spec, pos = call.spec, call.pos
   if transpose:
     def tiles(p):
