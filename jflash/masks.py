@@ -432,11 +432,19 @@ def fold_tile_list(count: Index, full: Index, tile: Callable[[Index], Index],
 
 
 def ordered(lo, full_lo, full_hi, hi) -> TileRange:
-  """The TileRange of these bounds, clamped so that lo <= full_lo <= full_hi <= hi."""
-  lo = _min(lo, hi)  # lo, hi >= 0 by construction
-  full_lo = _max(_min(full_lo, hi), lo)
+  """The TileRange of these bounds, clamped so that lo <= full_lo <= full_hi <= hi.
+
+  Every bound is >= 0, so a static 0 at the front stays a static 0 (and `fold_tiles`
+  drops the empty run at trace time instead of emitting a loop that never runs).
+  """
+  lo = 0 if _is_zero(lo) else _min(lo, hi)
+  full_lo = 0 if _is_zero(lo) and _is_zero(full_lo) else _max(_min(full_lo, hi), lo)
   full_hi = _max(_min(full_hi, hi), full_lo)
   return TileRange(lo, full_lo, full_hi, hi)
+
+
+def _is_zero(x) -> bool:
+  return isinstance(x, int) and x == 0
 
 
 def _static(*xs) -> bool:
