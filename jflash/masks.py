@@ -167,11 +167,11 @@ class MaskSpec:
     pos = pos or self.positions()
     vis = (q_pos < pos.q_len) & (kv_pos < pos.kv_len)
     if self.left is not None or self.right is not None:
-      at = q_pos + pos.offset  # the query's position
+      at = _add(q_pos, pos.offset)  # the query's position
       if self.right is not None:
-        vis = vis & (kv_pos <= at + self.right)
+        vis = vis & (kv_pos <= _add(at, self.right))
       if self.left is not None:
-        vis = vis & (kv_pos >= at - self.left)
+        vis = vis & (kv_pos >= _add(at, -self.left))
     return vis
 
   def kv_tiles(self, q_start: Index, block_q: int, block_kv: int,
@@ -188,8 +188,8 @@ class MaskSpec:
     hi, full_hi = _cdiv(pos.kv_len, block_kv), _div(pos.kv_len, block_kv)
     lo = full_lo = 0
     if self.right is not None:
-      hi = _min(hi, _cdiv(q_last + o + self.right + 1, block_kv))
-      full_hi = _min(full_hi, _div(q_start + o + self.right + 1, block_kv))
+      hi = _min(hi, _cdiv(_add(q_last, o, self.right, 1), block_kv))
+      full_hi = _min(full_hi, _div(_add(q_start, o, self.right, 1), block_kv))
     if self.left is not None:
       lo = _div(q_start + o - self.left, block_kv)
       full_lo = _cdiv(q_last + o - self.left, block_kv)
@@ -445,6 +445,15 @@ def ordered(lo, full_lo, full_hi, hi) -> TileRange:
 
 def _is_zero(x) -> bool:
   return isinstance(x, int) and x == 0
+
+
+def _add(x, *terms):
+  """x + sum(terms), skipping static zeros (so the plain kernels trace no `+ 0`)."""
+  static = sum(t for t in terms if isinstance(t, int))
+  for t in terms:
+    if not isinstance(t, int):
+      x = x + t
+  return x if static == 0 else x + static
 
 
 def _static(*xs) -> bool:
