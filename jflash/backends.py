@@ -143,8 +143,9 @@ class Backend(abc.ABC):
                spec: MaskSpec, score_mod: ScoreMod, config: Any, interpret: bool):
     """(dq, dk, dv, dbias): dq, dk, dv with the shapes and dtypes of (q, k, v).
 
-    dbias is None unless ``score_mod.bias_grad``; then it is dL/dbias in float32 with the
-    shape of ``operands.bias`` (summed over its broadcast axes).
+    dbias is None unless ``score_mod.bias_grad``; then it is dL/dbias in float32 as a full
+    [B, N, T, S] array, not summed over the bias's broadcast axes (summing inside a
+    per-shard call would give each shard a partial sum; the caller sums outside).
 
     `lse` is the forward pass's with -inf (rows that see no key) replaced by +inf, so
     that recomputed probabilities are 0 there; `delta` = rowsum(do * out) - dL/dlse,

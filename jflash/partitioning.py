@@ -21,8 +21,10 @@ The runtime operands of the variants (:class:`jflash.backends.Operands`) travel 
 q, k, v: their leading batch axis shards like q's, ALiBi slopes [B, N] also shard by
 heads, and the sequence axes of segment ids are gathered like T and S. A bias or mask
 [B or 1, N or 1, T, S] shards by batch and heads where it has those axes (size 1:
-replicated); dbias is sharded like the bias. Under `vmap` a bias or mask of batch 1 is
-broadcast to the batch (memory B times its size) and dbias summed back.
+replicated). dbias comes out of the per-shard call as a full [B, N, T, S] array, sharded
+like q's batch and heads, and is summed over the bias's broadcast axes after it (where XLA
+adds the cross-shard reduction that sum needs). Under `vmap` a bias or mask of batch 1 is
+broadcast to the batch (memory B times its size).
 
 On one device both are plain calls.
 """
@@ -34,6 +36,7 @@ import functools
 import math
 
 import jax
+import jax.numpy as jnp
 from jax import custom_batching
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
@@ -71,17 +74,18 @@ def forward(kernel: Kernel, q, k, v, operands: Operands):
 def backward(kernel: Kernel, q, k, v, operands: Operands, lse, delta, do):
   """(dq, dk, dv, dbias) of `kernel`, partitioned and batched like :func:`forward`.
 
-  dbias is None unless ``kernel.score_mod.bias_grad``.
+  dbias is None unless ``kernel.score_mod.bias_grad``; then float32 with the bias's shape.
   """
   present = _present(operands)
-  dbias = kernel.score_mod.bias_grad
-  op = functools.partial(_ops(present, dbias)[1], kernel)
-  broadcastable = _broadcastable(6, present)
-  # Under vmap, dbias sums over the batch when the bias has batch 1.
-  reduce = {3: 6 + [name for name, _ in present].index("bias")} if dbias else {}
-  outs = _vmappable(op, broadcastable, reduce)(q, k, v, lse, delta, do,
-                                               *_leaves(operands, present))
-  return tuple(outs) if dbias else (*outs, None)
+  with_dbias = kernel.score_mod.bias_grad
+  op = functools.partial(_ops(present, with_dbias)[1], kernel)
+  outs = _vmappable(op, _broadcastable(6, present))(q, k, v, lse, delta, do,
+                                                    *_leaves(operands, present))
+  if not with_dbias:
+    return (*outs, None)
+  dq, dk, dv, dbias = outs  # [B, N, T, S]: summed here, outside the per-shard call
+  broadcast = tuple(a for a in (0, 1) if operands.bias.shape[a] == 1)
+  return dq, dk, dv, jnp.sum(dbias, axis=broadcast, keepdims=True)
 
 
 def _present(operands: Operands) -> tuple[tuple[str, str], ...]:
@@ -167,10 +171,13 @@ def _forward_infer(present, kernel, mesh, arg_shapes, result_shape):
 
 
 def _backward_outputs(present, kernel, rows, operands):
-  """Output shardings of the backward: dq, dk, dv like the rows, dbias like the bias."""
+  """Output shardings of the backward: dq, dk, dv like the rows, dbias [B, N, T, S] by
+  batch and heads."""
+  del present, operands
   if not kernel.score_mod.bias_grad:
     return (rows,) * 3
-  return (rows,) * 3 + (operands[[name for name, _ in present].index("bias")],)
+  spec = rows.spec  # (batch, None, heads, None) -> (batch, heads, None, None)
+  return (rows,) * 3 + (NamedSharding(rows.mesh, PartitionSpec(spec[0], spec[2], None, None)),)
 
 
 def _backward_partition(present, kernel, mesh, arg_shapes, result_shape):
@@ -197,7 +204,7 @@ def _ops(present: tuple[tuple[str, str], ...], dbias: bool):
   `dbias`: the backward also returns dL/dbias, factored like the bias.
   """
   extra = "".join(f", {factors}" for _, factors in present)
-  dbias_out = f", {dict(present)['bias']}" if dbias else ""
+  dbias_out = ", b n t s" if dbias else ""
   forward_op = custom_partitioning(functools.partial(_forward_impl, present),
                                    static_argnums=(0,))
   forward_op.def_partition(
@@ -216,14 +223,12 @@ def _ops(present: tuple[tuple[str, str], ...], dbias: bool):
   return forward_op, backward_op
 
 
-def _vmappable(op, broadcastable, reduce=None):
+def _vmappable(op, broadcastable):
   """`op` on arrays whose axis 0 is the batch, with a vmap rule that folds into it.
 
   `broadcastable[i]`: argument i may have batch 1 (broadcast); the rule broadcasts it to
-  q's batch first. `reduce` maps an output to such an argument: where that argument has
-  batch 1, the output is summed back over the batch.
+  q's batch first.
   """
-  reduce = reduce or {}
 
   @custom_batching.custom_vmap
   def call(*args):
@@ -243,9 +248,6 @@ def _vmappable(op, broadcastable, reduce=None):
       folded.append(x.reshape(axis_size * x.shape[1], *x.shape[2:]))
     outs = call(*folded)
     outs = [o.reshape(axis_size, o.shape[0] // axis_size, *o.shape[1:]) for o in outs]
-    for out_index, arg_index in reduce.items():
-      if unbatched_shapes[arg_index][0] == 1:
-        outs[out_index] = outs[out_index].sum(axis=1, keepdims=True)
     return tuple(outs), (True,) * len(outs)
 
   return call

@@ -147,3 +147,41 @@ def test_default_implementation_under_jit_stays_sharded():
     assert _collectives(compiled.as_text()) == []
   if mesh.devices.flat[0].platform == "gpu":  # the Triton kernels ran, per shard
     assert "jflash_fwd" in fwd_compiled.as_text()
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_variants_sharded_by_batch_and_heads(implementation):
+  """Bias (shared by the batch; dbias reduced across batch shards), dense mask, segment
+  ids, dropout and a mask object on a 2x2 (data, model) mesh: the same values as one
+  device, and the forward runs per shard with no communication."""
+  mesh = _mesh((2, 2), ("data", "model"))
+  impl, interpret = _implementation_on(mesh, implementation)
+  b, t, n, kv_heads = 2, 40, 4, 2
+  q, k, v, do = random_inputs(30, b, t, t, n, kv_heads, 32, jnp.float32)
+  rng = np.random.default_rng(31)
+  bias = jnp.asarray(rng.normal(size=(1, n, t, t)), jnp.float32)
+  mask = jnp.asarray(rng.random((b, 1, t, t)) < 0.9)
+  ids = jnp.asarray(np.repeat([[0] * 15 + [1] * 25, [0] * 30 + [1] * 10], 1, 0), jnp.int32)
+  kw = dict(mask=mask, q_segment_ids=ids, dropout_rate=0.2, dropout_rng=jax.random.key(3),
+            is_causal=True, implementation=impl, interpret=interpret)
+
+  def loss(q, k, v, bias, do):
+    return jnp.sum(jflash.attention(q, k, v, bias, **kw) * do)
+
+  def loss_obj(q, k, v, do):  # a block-sparse mask object instead of the dense mask
+    kw_obj = dict(kw, mask=jflash.masks.LocalWindow(8, 0) | jflash.masks.GlobalTokens(3))
+    return jnp.sum(jflash.attention(q, k, v, **kw_obj) * do)
+
+  grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
+  grads_obj = jax.jit(jax.value_and_grad(loss_obj, argnums=(0, 1, 2)))
+  fwd = jax.jit(lambda q, k, v, bias: jflash.attention(q, k, v, bias, **kw))
+  expected = grads(q, k, v, bias, do), grads_obj(q, k, v, do)
+  put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))  # noqa: E731
+  rows = P("data", None, "model")
+  args = put(q, rows), put(k, rows), put(v, rows)
+  sharded_bias, sharded_do = put(bias, P(None, "model")), put(do, rows)
+  got = grads(*args, sharded_bias, sharded_do), grads_obj(*args, sharded_do)
+  chex.assert_trees_all_close(got, expected, atol=1e-5, rtol=1e-5)
+  assert got[0][1][3].shape == bias.shape
+  compiled = fwd.lower(*args, sharded_bias).compile()
+  assert _collectives(compiled.as_text()) == [], _collectives(compiled.as_text())

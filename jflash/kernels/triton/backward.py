@@ -229,9 +229,8 @@ def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec:
 
   Returns:
     (dq, dk, dv, dbias): dq, dk, dv with the shapes and dtypes of (q, k, v); dbias None,
-    or with ``score_mod.bias_grad`` float32 dL/dbias shaped like ``operands.bias``. It
-    is written as a full [B, N, T, S] float32 array first (4 B T N S bytes), then summed
-    over the bias's broadcast axes.
+    or with ``score_mod.bias_grad`` float32 dL/dbias as a full [B, N, T, S] array
+    (4 B N T S bytes; the caller sums it over the bias's broadcast axes).
   """
   b, t, n, h = q.shape
   s_len, kv_heads = k.shape[1], k.shape[2]
@@ -316,6 +315,4 @@ def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec:
   dbias = None
   if score_mod.bias_grad:
     dq, dbias = dq
-    bias_shape = operands.bias.shape
-    dbias = jnp.sum(dbias, axis=tuple(a for a in (0, 1) if bias_shape[a] == 1), keepdims=True)
   return dq, dk, dv, dbias

@@ -256,7 +256,7 @@ def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec:
     (dq, dk, dv, dbias): dq, dk, dv in the dtypes and shapes of (q, k, v). dK/dV sum over
     the query heads of each GQA group inside the loop, so no atomics are needed and the
     result is deterministic. dbias is None, or with ``score_mod.bias_grad`` float32
-    dL/dbias shaped like ``operands.bias`` (built as a full [B, N, T, S] array first).
+    dL/dbias as a full [B, N, T, S] array (the caller sums it to the bias's shape).
   """
   b, t, n, h = q.shape
   s_len, kv_heads = k.shape[1], k.shape[2]
@@ -340,10 +340,8 @@ def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec:
 
   dq, dbias = lax.map(one_q_tile, jnp.arange(nq, dtype=jnp.int32))  # [nq, B, bq, K, G, H]
   dq = dq.swapaxes(0, 1).reshape(b, nq * bq, n, h)[:, :t]
-  if dbias is not None:  # [nq, B, K, G, bq, S'] -> [B, N, T, S], summed to the bias's shape
+  if dbias is not None:  # [nq, B, K, G, bq, S'] -> [B, N, T, S]
     dbias = dbias.transpose(1, 2, 3, 0, 4, 5).reshape(b, n, nq * bq, -1)[:, :, :t, :s_len]
-    dbias = jnp.sum(dbias, axis=tuple(a for a in (0, 1) if operands.bias.shape[a] == 1),
-                    keepdims=True)
   dk, dv = lax.map(one_kv_tile, jnp.arange(nkv, dtype=jnp.int32))  # [nkv, B, bkv, K, H]
   dk, dv = (x.swapaxes(0, 1).reshape(b, nkv * bkv, kv_heads, h)[:, :s_len] for x in (dk, dv))
   return dq, dk, dv, dbias
