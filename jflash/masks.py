@@ -187,7 +187,13 @@ class MaskSpec:
     q_last = _min(q_start + block_q, pos.q_len) - 1
     hi, full_hi = _cdiv(pos.kv_len, block_kv), _div(pos.kv_len, block_kv)
     lo = full_lo = 0
-    if self.right is not None:
+    if self.right is not None and _static(o, pos.q_len) and o >= 0:
+      # The plain causal case: every argument is >= 0 (q_last >= 0 as T >= 1). The
+      # unclamped form matters: with the clamps ptxas allocated the forward kernel 150
+      # registers instead of 158 and it ran 4% slower at T=2k on an H200 (BUILD_NOTES).
+      hi = _min(hi, _div(_add(q_last, o, self.right), block_kv, nonneg=True) + 1)
+      full_hi = _min(full_hi, _div(_add(q_start, o, self.right, 1), block_kv, nonneg=True))
+    elif self.right is not None:
       hi = _min(hi, _cdiv(_add(q_last, o, self.right, 1), block_kv))
       full_hi = _min(full_hi, _div(_add(q_start, o, self.right, 1), block_kv))
     if self.left is not None:
@@ -432,19 +438,11 @@ def fold_tile_list(count: Index, full: Index, tile: Callable[[Index], Index],
 
 
 def ordered(lo, full_lo, full_hi, hi) -> TileRange:
-  """The TileRange of these bounds, clamped so that lo <= full_lo <= full_hi <= hi.
-
-  Every bound is >= 0, so a static 0 at the front stays a static 0 (and `fold_tiles`
-  drops the empty run at trace time instead of emitting a loop that never runs).
-  """
-  lo = 0 if _is_zero(lo) else _min(lo, hi)
-  full_lo = 0 if _is_zero(lo) and _is_zero(full_lo) else _max(_min(full_lo, hi), lo)
+  """The TileRange of these bounds, clamped so that lo <= full_lo <= full_hi <= hi."""
+  lo = _min(lo, hi)  # lo, hi >= 0 by construction
+  full_lo = _max(_min(full_lo, hi), lo)
   full_hi = _max(_min(full_hi, hi), full_lo)
   return TileRange(lo, full_lo, full_hi, hi)
-
-
-def _is_zero(x) -> bool:
-  return isinstance(x, int) and x == 0
 
 
 def _add(x, *terms):
@@ -460,10 +458,14 @@ def _static(*xs) -> bool:
   return all(isinstance(x, int) for x in xs)
 
 
-def _div(a: Index, b: int) -> Index:
-  """floor(max(a, 0) / b): every caller clamps its result to [0, tiles] anyway."""
-  a = _max(a, 0)
-  return a // b if _static(a) else lax.div(a, jnp.asarray(b, a.dtype))
+def _div(a: Index, b: int, nonneg: bool = False) -> Index:
+  """floor(max(a, 0) / b): every caller clamps its result to [0, tiles] anyway.
+
+  `nonneg`: the caller knows a >= 0, and the clamp is left out of the kernel.
+  """
+  if _static(a):
+    return max(a, 0) // b
+  return lax.div(a if nonneg else _max(a, 0), jnp.asarray(b, a.dtype))
 
 
 def _cdiv(a: Index, b: int) -> Index:

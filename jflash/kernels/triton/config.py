@@ -169,12 +169,7 @@ def default_config(head_dim: int, dtype, is_causal: bool,
     dkv = (32, 64, 4, 3) if s <= 512 else (64, 64, 4, 3)
     dq = (64, 64, 4, 2)
   elif h <= 128:
-    if s <= 512 or (is_causal and s <= 1024):
-      fwd = (64, 64, 4, 3)
-    elif is_causal and s <= 2048:  # issue 9: 2.6% faster than 64x64 at T=2k (H200)
-      fwd = (128, 64, 8, 3)
-    else:
-      fwd = (128, 128, 8, 3)
+    fwd = (64, 64, 4, 3) if s <= 512 or (is_causal and s <= 2048) else (128, 128, 8, 3)
     dkv = (32, 64, 4, 3) if s > 8192 else (64, 64, 4, 2)
     dq = (128, 32, 8, 3) if s <= 512 else (128, 64, 8, 3)
   else:
