@@ -71,7 +71,12 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
       x x x . . .     x x x x x .      . x x x . .      . . x x . .
       x x x x . .     x x x x x x      . . x x x .      . . x x . .
 
-  * ``mask``: a boolean array broadcastable to [B, N, T, S] (as jax.nn): mask[b, n, i, j].
+  * ``mask``: a boolean array broadcastable to [B, N, T, S] (as jax.nn): mask[b, n, i, j];
+    or a static block-sparse mask object from `jflash.masks` (``Causal``, ``LocalWindow``,
+    ``ChunkedCausal``, ``Strided``, ``GlobalTokens``, ``BlockLayout``, composed with ``&``
+    and ``|``; on indices i, j, not positions): its nonzero tiles are listed once at trace
+    time and only those are visited (block-sparse FlashAttention, Dao et al. 2022 Sec.
+    3.3), forward and backward.
 
   Tiles that no query of a tile sees are skipped, not computed: the causal upper
   triangle, keys outside a window, padding, and (computed on device from the ids or the
@@ -124,9 +129,9 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
     bias: None, or a float array broadcastable to [B, N, T, S] ([N, T, S] unbatched),
       added to the scaled logits. Runtime data; differentiable. Its T and S axes are
       broadcast in memory (T x S per batch and head it has).
-    mask: None, or a boolean array broadcastable to [B, N, T, S] ([N, T, S] unbatched);
-      True where a query may attend to a key. Runtime data; held as int8 T x S per batch
-      and head it has.
+    mask: None; a boolean array broadcastable to [B, N, T, S] ([N, T, S] unbatched),
+      True where a query may attend to a key (runtime data; held as int8 T x S per batch
+      and head it has); or a `jflash.masks.Mask` object (static).
     scale: multiplies q.k before the softmax: a positive finite number known at trace
       time (a Python or NumPy scalar, or a concrete size-1 array). Defaults to
       1 / sqrt(H).
@@ -171,7 +176,8 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
     ValueError: wrong ranks; batch, S or H mismatched between q, k, v; N % K != 0;
       T, S or H out of range; a dtype that is not bfloat16/float16/float32 or dtypes
       that differ; a scale that is not a positive finite scalar or is traced; segment
-      ids, lengths, q_offset, ALiBi slopes, bias or mask of the wrong shape or dtype; kv_segment_ids
+      ids, lengths, q_offset, ALiBi slopes, bias or mask of the wrong shape or dtype, a
+      mask object that does not fit T x S (e.g. a BlockLayout of another shape); kv_segment_ids
       without q_segment_ids, or q_segment_ids alone with T != S; a negative or malformed
       window; a soft-cap that is not a positive finite number; a dropout_rate outside
       [0, 1) or dropout without a dropout_rng, or one that is not a PRNG key; an unknown
