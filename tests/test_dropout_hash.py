@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax._src.pallas.triton import gpu_info, pallas_call_registration
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
@@ -233,23 +232,6 @@ def test_pallas_interpret_matches_xla(rate):
   seeds = seeds_for(5, 2, 4)
   got = jax.jit(functools.partial(keep_pallas, t=64, s=128, rate=rate, interpret=True))(seeds)
   np.testing.assert_array_equal(np.asarray(got).astype(bool), xla_keep(seeds, 64, 128, rate))
-
-
-@pytest.fixture
-def triton_modules(monkeypatch):
-  """Pretends to be an H100 and records every Triton module the lowering produces."""
-  monkeypatch.setattr(pallas_call_registration.gpu_info_lib, "get_gpu_info",
-                      lambda: gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H100))
-  modules = []
-  lower = pallas_call_registration.lowering.lower_jaxpr_to_triton_module
-
-  def recording(*args, **kwargs):
-    result = lower(*args, **kwargs)
-    modules.append(result.module)
-    return result
-
-  monkeypatch.setattr(pallas_call_registration.lowering, "lower_jaxpr_to_triton_module", recording)
-  return modules
 
 
 @pytest.mark.parametrize("rate, block, dtype", [(0.1, 32, jnp.int32), (0.5, 64, jnp.int8),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
-from jax._src.pallas.triton import gpu_info, pallas_call_registration
 
 from jflash.kernels.triton.backward import backward
 from jflash.kernels.triton.forward import forward
@@ -21,23 +20,6 @@ from jflash import masks
 from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
 from jflash.kernels.triton.config import default_config
-
-
-@pytest.fixture
-def triton_modules(monkeypatch):
-  """Pretends to be an H100 and records every Triton module the lowering produces."""
-  monkeypatch.setattr(pallas_call_registration.gpu_info_lib, "get_gpu_info",
-                      lambda: gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H100))
-  modules = []
-  lower = pallas_call_registration.lowering.lower_jaxpr_to_triton_module
-
-  def recording(*args, **kwargs):
-    result = lower(*args, **kwargs)
-    modules.append(result.module)
-    return result
-
-  monkeypatch.setattr(pallas_call_registration.lowering, "lower_jaxpr_to_triton_module", recording)
-  return modules
 
 
 ALL_VARIANTS = dict(window=(33, 5), dynamic_offset=True, q_lengths=True, kv_lengths=True,

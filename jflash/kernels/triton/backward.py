@@ -184,14 +184,9 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: fl
                                 slope=slope)
     p = common.probabilities(x, lse[:, None], x_scale, q_ref.dtype)
     if masked:
-      vis = spec.visible(q_pos[:, None], kv_pos[None, :], pos)
-      if q_seg is not None:
-        kv_seg = common.load(ex.kv_seg.at[kv_slice], kv_in, other=-2)
-        vis = vis & masks.segment_visible(q_seg, kv_seg)
-      if spec.dense_mask:
-        vis = vis & (variants.score_tile(ex.mask.at[:, kv_slice], q_rows, kv_cols) != 0)
-      if spec.mask_object is not None:
-        vis = vis & (ex.object_tile(i, j) != 0)
+      vis = variants.visible(ex, spec, pos, i=i, j=j, q_pos=q_pos, kv_pos=kv_pos,
+                             kv_slice=kv_slice, q_seg=q_seg, kv_in=kv_in, q_rows=q_rows,
+                             kv_cols=kv_cols)
       p = jnp.where(vis, p, 0.0)
     dp = plgpu.dot(do, v, trans_b=True, precision=precision)
     if rate:

@@ -72,14 +72,9 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, scale: float, spec: MaskSpec,
       s = score_mod.logits(s * scale, bias=bias, q_pos=(q_pos + pos.offset)[:, None],
                            kv_pos=kv_pos[None, :], slope=slope) * common.LOG2E
     if masked:
-      vis = spec.visible(q_pos[:, None], kv_pos[None, :], pos)
-      if q_seg is not None:
-        kv_seg = common.load(ex.kv_seg.at[kv_slice], kv_in, other=-2)
-        vis = vis & masks.segment_visible(q_seg, kv_seg)
-      if spec.dense_mask:
-        vis = vis & (variants.score_tile(ex.mask.at[:, kv_slice], q_rows, kv_cols) != 0)
-      if spec.mask_object is not None:
-        vis = vis & (ex.object_tile(i, j) != 0)
+      vis = variants.visible(ex, spec, pos, i=i, j=j, q_pos=q_pos, kv_pos=kv_pos,
+                             kv_slice=kv_slice, q_seg=q_seg, kv_in=kv_in, q_rows=q_rows,
+                             kv_cols=kv_cols)
       s = jnp.where(vis, s, -jnp.inf)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.

@@ -108,6 +108,24 @@ def inputs(spec: MaskSpec, score_mod: ScoreMod, operands: Operands, *, batch: in
   return arrays, specs, tuple(names)
 
 
+def visible(ex: Extras, spec: MaskSpec, pos: Positions, *, i, j, q_pos, kv_pos, kv_slice,
+            q_seg, kv_in, q_rows, kv_cols):
+  """[block_q, block_kv] bool: what query tile `i` sees of key tile `j` (a masked tile).
+
+  Every mask of the call: positional (`spec.visible`), segment ids (`q_seg`, this query
+  tile's ids, None without), the dense mask's tile, the mask object's pattern.
+  """
+  vis = spec.visible(q_pos[:, None], kv_pos[None, :], pos)
+  if q_seg is not None:
+    kv_seg = common.load(ex.kv_seg.at[kv_slice], kv_in, other=-2)
+    vis = vis & masks.segment_visible(q_seg, kv_seg)
+  if spec.dense_mask:
+    vis = vis & (score_tile(ex.mask.at[:, kv_slice], q_rows, kv_cols) != 0)
+  if spec.mask_object is not None:
+    vis = vis & (ex.object_tile(i, j) != 0)
+  return vis
+
+
 def scores_index(x, b, head):
   """The (batch, head) block index of a [B or 1, N or 1, T, S] operand: 0 on broadcast axes."""
   return (b if x.shape[0] > 1 else 0), (head if x.shape[1] > 1 else 0)
