@@ -278,15 +278,8 @@ def backward(q, k, v, operands: Operands, lse, delta, do, *, scale: float, spec:
                          lambda i, bi, ni: (bi, 0, lax.div(ni, np.int32(groups)), 0))
   stats = pl.BlockSpec((None, None, block_q), lambda i, bi, ni: (bi, ni, q_block(i, bi, ni)[1]))
 
-  def scores_spec(x):  # rows of the query tile: [block_q, S]
-    return pl.BlockSpec((None, None, block_q, s_len), lambda i, bi, ni: (
-        *variants.scores_index(x, bi, ni), q_block(i, bi, ni)[1], 0))
-
-  extras, extra_specs, names = variants.inputs(
-      spec, score_mod, operands, batch=b, block_q=block_q, block_kv=block_kv,
-      q_seg_spec=pl.BlockSpec((None, block_q), lambda i, bi, ni: q_block(i, bi, ni)[:2]),
-      kv_seg_spec=pl.BlockSpec((None, s_len), lambda i, bi, ni: (bi, 0)),
-      scores_spec=scores_spec)
+  extras, extra_specs, names, scores_spec = variants.query_tile_inputs(
+      spec, score_mod, operands, batch=b, block_q=block_q, block_kv=block_kv, q_block=q_block)
   out_specs, out_shape, aliases = q_tile, jax.ShapeDtypeStruct(q.shape, q.dtype), {}
   if score_mod.bias_grad:  # dbias [B, N, T, S]: zeros in, the visited tiles written
     dbias = jnp.zeros((b, n, t, s_len), jnp.float32)

@@ -142,15 +142,8 @@ def forward(q, k, v, operands: Operands, *, scale: float, spec: MaskSpec,
   def kv_block(i, bi, ni):
     return bi, 0, lax.div(ni, np.int32(groups)), 0
 
-  def scores_spec(x):  # bias / mask rows of the query tile: [block_q, S]
-    return pl.BlockSpec((None, None, block_q, s_len), lambda i, bi, ni: (
-        *variants.scores_index(x, bi, ni), q_block(i, bi, ni)[1], 0))
-
-  extras, extra_specs, names = variants.inputs(
-      spec, score_mod, operands, batch=b, block_q=block_q, block_kv=block_kv,
-      q_seg_spec=pl.BlockSpec((None, block_q), lambda i, bi, ni: q_block(i, bi, ni)[:2]),
-      kv_seg_spec=pl.BlockSpec((None, s_len), lambda i, bi, ni: (bi, 0)),
-      scores_spec=scores_spec)
+  extras, extra_specs, names, _ = variants.query_tile_inputs(
+      spec, score_mod, operands, batch=b, block_q=block_q, block_kv=block_kv, q_block=q_block)
   kernel = functools.partial(_forward_kernel, scale=scale, spec=spec, score_mod=score_mod,
                              names=names, block_q=block_q, block_kv=block_kv, head_dim=h,
                              num_q_tiles=num_q_tiles)

@@ -126,6 +126,28 @@ def visible(ex: Extras, spec: MaskSpec, pos: Positions, *, i, j, q_pos, kv_pos, 
   return vis
 
 
+def query_tile_inputs(spec: MaskSpec, score_mod: ScoreMod, operands: Operands, *, batch: int,
+                      block_q: int, block_kv: int, q_block):
+  """`inputs` of a kernel with one program per (query tile, batch, query head), whose
+  query tile index map is `q_block` (the forward and dQ kernels).
+
+  Returns (arrays, block specs, names, scores_spec), scores_spec(x) being the BlockSpec
+  of the query tile's rows [block_q, S] of a [B or 1, N or 1, T, S] array x.
+  """
+  s_len = spec.kv_len
+
+  def scores_spec(x):
+    return pl.BlockSpec((None, None, block_q, s_len), lambda i, bi, ni: (
+        *scores_index(x, bi, ni), q_block(i, bi, ni)[1], 0))
+
+  arrays, specs, names = inputs(
+      spec, score_mod, operands, batch=batch, block_q=block_q, block_kv=block_kv,
+      q_seg_spec=pl.BlockSpec((None, block_q), lambda i, bi, ni: q_block(i, bi, ni)[:2]),
+      kv_seg_spec=pl.BlockSpec((None, s_len), lambda i, bi, ni: (bi, 0)),
+      scores_spec=scores_spec)
+  return arrays, specs, names, scores_spec
+
+
 def scores_index(x, b, head):
   """The (batch, head) block index of a [B or 1, N or 1, T, S] operand: 0 on broadcast axes."""
   return (b if x.shape[0] > 1 else 0), (head if x.shape[1] > 1 else 0)
