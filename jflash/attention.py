@@ -28,8 +28,8 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
               query_seq_lengths=None,
               key_value_seq_lengths=None, local_window_size=None, q_segment_ids=None,
               kv_segment_ids=None, q_offset=0, logits_soft_cap=None, alibi_slopes=None,
-              dropout_rate=0.0, dropout_rng=None, implementation=None, interpret=False,
-              return_lse=False, config=None):
+              dropout_rate=0.0, dropout_rng=None, deterministic=True, implementation=None,
+              interpret=False, return_lse=False, config=None):
   r"""Exact softmax attention computed tile by tile (FlashAttention).
 
   Computes ``softmax(mask(mod(scale * q @ k^T))) @ v`` per batch and query head without
@@ -155,6 +155,10 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
       2^-32); 0 turns dropout off.
     dropout_rng: a JAX PRNG key (`jax.random.key` or `jax.random.PRNGKey`), needed when
       dropout_rate > 0; may be traced.
+    deterministic: True asks for gradients that are bitwise identical run to run; False
+      lets a backend use unordered (atomic) reductions where that is faster. The
+      ``"triton"`` and ``"xla"`` backends are deterministic either way: their backward
+      is a dK/dV pass and a dQ pass that each accumulate in a fixed order, no atomics.
     implementation: ``"triton"`` (Pallas kernels lowered through Triton; NVIDIA GPUs of
       compute capability >= 8.0), ``"xla"`` (the same tiled algorithm in pure JAX; any
       device, memory linear in T and S), or None to choose as described above.
@@ -202,7 +206,7 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
   s_len = k.shape[1]
   scale = checks.check_scale(scale, h)
   for name, value in (("is_causal", is_causal), ("interpret", interpret),
-                      ("return_lse", return_lse)):
+                      ("return_lse", return_lse), ("deterministic", deterministic)):
     if not isinstance(value, bool):
       raise ValueError(f"{name} must be a bool, got {value!r}")
   if implementation is not None:
@@ -237,7 +241,7 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
   score_bytes = ((0 if operands.bias is None else operands.bias.dtype.itemsize)
                  + (operands.mask is not None or mask_object is not None))
   problem = backends.Problem(b, t, s_len, n, k.shape[2], h, dtype, spec, score_mod,
-                             int(score_bytes))
+                             int(score_bytes), deterministic)
   static = _Static(plans=_plans(implementation, interpret, config, problem, (q, k, v)),
                    scale=scale, spec=spec, score_mod=score_mod)
   out, lse = _attention(q, k, v, operands, static)

@@ -52,6 +52,8 @@ class Problem:
     score_mod: the score modification (static part).
     score_bytes: bytes per score of the operands tiled like the scores (a bias's
       itemsize, plus 1 for a dense mask or a mask object's patterns).
+    deterministic: the caller needs bitwise run-to-run identical gradients (a backend
+      whose backward uses unordered reductions must then order them or refuse).
   """
 
   batch: int
@@ -64,6 +66,7 @@ class Problem:
   spec: MaskSpec
   score_mod: ScoreMod = ScoreMod()
   score_bytes: int = 0
+  deterministic: bool = True
 
   @property
   def is_causal(self) -> bool:

@@ -166,6 +166,23 @@ def test_no_retrace_on_second_call(implementation):
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_deterministic_flag(implementation):
+  """Both values are accepted; these backends are deterministic either way (same bits)."""
+  q, k, v, do = random_inputs(13, 2, 40, 40, 4, 2, 32, BF16)
+
+  def grads(deterministic):
+    f = lambda q, k, v: jflash.attention(  # noqa: E731
+        q, k, v, is_causal=True, deterministic=deterministic, implementation=implementation,
+        interpret=interpret_for(implementation))
+    out, vjp = jax.vjp(f, q, k, v)
+    return out, vjp(do)
+
+  chex.assert_trees_all_equal(grads(True), grads(False))
+  with pytest.raises(ValueError, match="deterministic must be a bool, got 'yes'"):
+    jflash.attention(q, k, v, deterministic="yes", implementation="xla")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_bitwise_deterministic(implementation):
   """Same inputs, same bits: rerun, separately compiled programs, and after other work.
 
