@@ -12,7 +12,6 @@ import jax
 # Importing it here, before any trace, keeps "same shapes -> no retrace" true.
 import jax.experimental.pallas.fuser  # noqa: F401
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax._src.interpreters import ad as _ad
 from jax._src.interpreters import batching as _batching

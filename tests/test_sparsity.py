@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from jflash import sparsity
+from jflash.block_info import block_info, density, transposed
 from jflash.sparsity import (FULL, MASKED, SKIP, And, BlockLayout, Causal, ChunkedCausal,
-                             GlobalTokens, LocalWindow, Mask, Or, Strided, block_info,
-                             density, transposed)
+                             GlobalTokens, LocalWindow, Mask, Or, Strided)
 
 N = 200  # brute-force masks are built once at N x N and sliced
 

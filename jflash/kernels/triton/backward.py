@@ -26,7 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jflash import dropout, masks
+from jflash import dropout, masks, schedule
 from jflash.backends import Operands
 from jflash.kernels.triton import common, variants
 from jflash.kernels.triton.config import TritonConfig, padded_head_dim
@@ -124,7 +124,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: f
       return dk, dv
 
     if spec.uses_tile_lists:
-      return masks.fold_tile_list(ex.count[b, j], ex.full[b, j], lambda t: ex.index[b, j, t],
+      return schedule.fold_tile_list(ex.count[b, j], ex.full[b, j], lambda t: ex.index[b, j, t],
                                   body, carry)
     return masks.fold_tiles(spec.q_tiles(kv_start, block_kv, block_q, pos), body, carry)
 
@@ -201,7 +201,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale: fl
 
   init = jnp.zeros((block_q, h_pad), jnp.float32)
   if spec.uses_tile_lists:
-    dq = masks.fold_tile_list(ex.count[b, i], ex.full[b, i], lambda t: ex.index[b, i, t],
+    dq = schedule.fold_tile_list(ex.count[b, i], ex.full[b, i], lambda t: ex.index[b, i, t],
                               body, init)
   else:
     dq = masks.fold_tiles(spec.kv_tiles(q_start, block_q, block_kv, pos), body, init)

@@ -19,7 +19,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jflash import dropout, masks
+from jflash import dropout, masks, schedule
 from jflash.backends import Operands
 from jflash.kernels.triton import common, variants
 from jflash.kernels.triton.config import TritonConfig, padded_head_dim
@@ -94,7 +94,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, scale: float, spec: MaskSpec,
   init = (jnp.zeros((block_q, q_ref.shape[-1]), jnp.float32),
           jnp.full((block_q,), -jnp.inf, jnp.float32), jnp.zeros((block_q,), jnp.float32))
   if spec.uses_tile_lists:
-    acc, m, l = masks.fold_tile_list(ex.count[b, i], ex.full[b, i],
+    acc, m, l = schedule.fold_tile_list(ex.count[b, i], ex.full[b, i],
                                      lambda t: ex.index[b, i, t], body, init)
   else:
     acc, m, l = masks.fold_tiles(spec.kv_tiles(q_start, block_q, block_kv, pos), body, init)

@@ -5,7 +5,7 @@ for the call's variants, in this order, each only when its variant is on:
 
 * ``pos``: [B, 3] int32 (q_offset, query length, key length), read as scalars;
 * ``q_seg``, ``kv_seg``: [B, T], [B, S] int32 segment ids, tiled by the kernel;
-* ``count``, ``index``, ``full``: the kernel's tile lists (:func:`jflash.masks.tile_lists`),
+* ``count``, ``index``, ``full``: the kernel's tile lists (:func:`jflash.schedule.tile_lists`),
   [B, R], [B, R, C], [B, R];
 * ``slopes``: [B, N] float32 ALiBi slopes, read as scalars;
 * ``bias``, ``mask``: [B or 1, N or 1, T, S] additive bias and int8 mask, tiled by the
@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from jflash import masks
+from jflash import masks, schedule
 from jflash.kernels.triton import common
 from jflash.backends import Operands
 from jflash.masks import MaskSpec, Positions
@@ -87,7 +87,7 @@ def inputs(spec: MaskSpec, score_mod: ScoreMod, operands: Operands, *, batch: in
     add("q_seg", operands.q_segment_ids, q_seg_spec)
     add("kv_seg", operands.kv_segment_ids, kv_seg_spec)
   if spec.uses_tile_lists:
-    lists = masks.tile_lists(spec, block_q, block_kv, batch=batch, positions=positions,
+    lists = schedule.tile_lists(spec, block_q, block_kv, batch=batch, positions=positions,
                              q_segment_ids=operands.q_segment_ids,
                              kv_segment_ids=operands.kv_segment_ids, mask=operands.mask,
                              transpose=transpose)
@@ -103,8 +103,8 @@ def inputs(spec: MaskSpec, score_mod: ScoreMod, operands: Operands, *, batch: in
     add("seeds", operands.dropout_seeds)
   if spec.mask_object is not None:
     ids, blocks = spec.object_tiles(block_q, block_kv, transpose=transpose)
-    add("obj_ids", masks.constant(ids))
-    add("obj_blocks", masks.constant(blocks))
+    add("obj_ids", schedule.constant(ids))
+    add("obj_blocks", schedule.constant(blocks))
   return arrays, specs, tuple(names)
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jflash import dropout, masks
+from jflash import dropout, masks, schedule
 from jflash.backends import Operands
 from jflash.kernels.xla.config import XlaConfig
 from jflash.masks import MaskSpec, Positions
@@ -83,7 +83,7 @@ def _setup(spec, score_mod, scale, config, operands: Operands, b, kv_heads, grou
   obj_ids = obj_blocks = None
   if spec.mask_object is not None:
     obj_ids, obj_blocks = spec.object_tiles(bq, bkv)
-    obj_ids, obj_blocks = masks.constant(obj_ids), masks.constant(obj_blocks != 0)
+    obj_ids, obj_blocks = schedule.constant(obj_ids), schedule.constant(obj_blocks != 0)
   seeds = None
   if score_mod.dropout_rate:
     seeds = operands.dropout_seeds.reshape(b, kv_heads, groups, 1, 1)
@@ -134,7 +134,7 @@ def _fold(call: _Call, start, transpose: bool, body, carry, lists):
   if lists is not None:
     count, index, full = lists
     r = start // (call.bkv if transpose else call.bq)
-    return masks.fold_tile_list(count[r], full[r], lambda t: index[r, t], body, carry)
+    return schedule.fold_tile_list(count[r], full[r], lambda t: index[r, t], body, carry)
   spec, pos = call.spec, call.pos
   if transpose:
     def tiles(p):
@@ -159,18 +159,18 @@ def _lists(call: _Call, operands: Operands, transpose: bool):
   if not spec.uses_tile_lists:
     return None
   if spec.static_tiles:  # a trace-time constant (a mask object alone)
-    count, index, full = masks.tile_lists(spec, call.bq, call.bkv, batch=1,
+    count, index, full = schedule.tile_lists(spec, call.bq, call.bkv, batch=1,
                                           positions=call.flat, transpose=transpose)
     return count[0], index[0], full[0]
   batch = next(x.shape[0] for x in (*operands[:5], operands.mask) if x is not None)
-  kind = masks.tile_classes(spec, call.bq, call.bkv, batch=batch, positions=call.flat,
+  kind = schedule.tile_classes(spec, call.bq, call.bkv, batch=batch, positions=call.flat,
                             q_segment_ids=operands.q_segment_ids,
                             kv_segment_ids=operands.kv_segment_ids, mask=operands.mask,
                             transpose=transpose)
   union = jnp.where(jnp.any(kind != masks.SKIP, axis=0),
                     jnp.where(jnp.all(kind == masks.FULL, axis=0), masks.FULL, masks.MASKED),
                     masks.SKIP)
-  count, index, full = masks.compact(union[None])
+  count, index, full = schedule.compact(union[None])
   return count[0], index[0], full[0]
 
 
