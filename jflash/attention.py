@@ -80,7 +80,8 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
   Tiles that no query of a tile sees are skipped, not computed: the causal upper
   triangle, keys outside a window, padding, and (computed on device from the ids or the
   mask) tiles whose query and key segments cannot meet or whose mask is all False; only
-  tiles that straddle a mask edge are masked (and read their tile of `mask`). A query that sees no key returns 0 with lse -inf and zero gradients.
+  tiles that straddle a mask edge are masked (and read their tile of `mask`). A query
+  that sees no key returns 0 with lse -inf and zero gradients.
 
   Score modifications, applied to ``s = scale * q.k`` in float32 before the mask (the
   kernels keep their plain inner loop when none is on):

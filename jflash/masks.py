@@ -24,13 +24,13 @@ S=6 (``x`` visible)::
     x x x . . .         x x x x x .               . x x x . .
     x x x x . .         x x x x x x               . . x x x .
 
-Segment ids (packing) and dense masks are not positional: :func:`jflash.schedule.tile_lists`
-classifies every tile on device (skip, masked, full) and compacts, per block row, the
-list of tiles to visit, which :func:`jflash.schedule.fold_tile_list` iterates. Static block-sparse mask objects
-(:class:`Causal`, :class:`LocalWindow`, :class:`ChunkedCausal`, :class:`Strided`,
-:class:`GlobalTokens`, :class:`BlockLayout`, composed with ``&`` and ``|``; defined in
-:mod:`jflash.sparsity`) are classified on the host at trace time; when nothing else is
-runtime data, the whole list is a trace-time constant.
+Segment ids (packing), dense masks and static block-sparse mask objects are not
+positional: :mod:`jflash.schedule` classifies every tile (skip, masked, full) and
+compacts, per block row, the list of tiles to visit. The mask objects (:class:`Causal`,
+:class:`LocalWindow`, :class:`ChunkedCausal`, :class:`Strided`, :class:`GlobalTokens`,
+:class:`BlockLayout`, composed with ``&`` and ``|``; defined in :mod:`jflash.sparsity`)
+are classified on the host at trace time; when nothing else is runtime data, the whole
+list is a trace-time constant.
 
 The range functions work on Python ints and on traced int32 scalars alike, so the
 Pallas kernels and the pure-JAX backend share them.

@@ -18,17 +18,17 @@ classifies every tile of a (block_q, block_kv) tiling of the score matrix::
     FULL    every entry is visible: computed, never masked
 
 A kernel visits only the non-SKIP tiles, through per-block-row compact lists of tile
-indices built once from ``BlockInfo.kind`` (e.g. with :func:`jflash.schedule.compact`), so
-its work grows with the number of visited tiles (:func:`jflash.block_info.density`), not with T x S. A
-MASKED tile reads its pattern from ``BlockInfo.blocks[BlockInfo.block_ids[r, c]]``: the
-distinct partial patterns are deduplicated, and structured masks have few of them (with
-square tiles, every interior diagonal tile of ``Causal()`` shares one). The backward
-pass, which walks key tiles and for each the query tiles that see it, uses
+indices built once from ``BlockInfo.kind`` (:func:`jflash.schedule.compact`), so its work
+grows with the number of visited tiles (:func:`jflash.block_info.density`), not with
+T x S. A MASKED tile reads its pattern from ``BlockInfo.blocks[BlockInfo.block_ids[r,
+c]]``: the distinct partial patterns are deduplicated, and structured masks have few of
+them (with square tiles, every interior diagonal tile of ``Causal()`` shares one). The
+backward pass, which walks key tiles and for each the query tiles that see it, uses
 :func:`jflash.block_info.transposed`.
 
-Everything here is NumPy on Python ints: masks are never traced, and :func:`jflash.block_info.block_info`
-is memoised on (mask, sizes), so a jitted function retraced with the same mask does
-not pay for it twice.
+Everything here is NumPy on Python ints: masks are never traced, and
+:func:`jflash.block_info.block_info` is memoised on (mask, sizes), so a jitted function
+retraced with the same mask does not pay for it twice.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def triton_modules(monkeypatch):
   """Pretends to be an H100 and records every Triton module the lowering produces (so
   kernels can be lowered and their Triton IR verified on a CPU-only machine; uses JAX
   internals, pinned to jax 0.11.x)."""
-  from jax._src.pallas.triton import gpu_info, pallas_call_registration  # pylint: disable=g-import-not-at-top
+  from jax._src.pallas.triton import gpu_info, pallas_call_registration
   monkeypatch.setattr(pallas_call_registration.gpu_info_lib, "get_gpu_info",
                       lambda: gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H100))
   modules = []
