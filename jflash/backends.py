@@ -35,6 +35,7 @@ from jflash.scores import ScoreMod
 
 # Backend name -> module holding its BACKEND object. Dict order is the priority order.
 _MODULES = {
+    "mosaic_gpu": "jflash.kernels.mosaic_gpu",
     "triton": "jflash.kernels.triton",
     "xla": "jflash.kernels.xla",
 }
@@ -112,6 +113,10 @@ class Backend(abc.ABC):
   config_type: ClassVar[type]
   #: Whether ``interpret=True`` runs it in Pallas interpret mode on any device.
   interpretable: ClassVar[bool] = False
+  #: Whether ``interpret=True`` with ``implementation=None`` may choose it.
+  implicit_interpret: ClassVar[bool] = True
+  #: Whether its interpret mode has ordered side effects (then it runs unpartitioned).
+  interpret_effects: ClassVar[bool] = False
   #: Platform names (as `jax.lax.platform_dependent` spells them) it can run on, or None
   #: for any platform.
   platforms: ClassVar[tuple[str, ...] | None] = None
@@ -225,7 +230,8 @@ def plan(implementation: str | None, problem: Problem, device: jax.Device | None
       raise ValueError(
           f"interpret=True runs Pallas kernels in interpret mode; implementation="
           f"{implementation!r} has none (use one of {_interpretable()})")
-    backends = [b for b in backends if b.interpretable]
+    backends = [b for b in backends if b.interpretable
+                and (implementation is not None or b.implicit_interpret)]
   reasons = {}
   for backend in backends:
     reason = _why_not(backend, problem, device, interpret, config)
@@ -236,7 +242,8 @@ def plan(implementation: str | None, problem: Problem, device: jax.Device | None
     details = "; ".join(f"{name!r}: {reason}" for name, reason in reasons.items())
     raise NotImplementedError(f"no jflash backend can serve this call: {details}")
   alternatives = [name for name in PRIORITY if name != implementation
-                  and _why_not(get(name), problem, device, False, None) is None]
+                  and (get(name).interpretable or not interpret)
+                  and _why_not(get(name), problem, device, interpret, None) is None]
   hint = (f"; implementation={alternatives[0]!r} can" if alternatives
           else "; no other backend can either")
   if get(implementation).interpretable and not interpret:

@@ -26,7 +26,8 @@ like q's batch and heads, and is summed over the bias's broadcast axes after it 
 adds the cross-shard reduction that sum needs). Under `vmap` a bias or mask of batch 1 is
 broadcast to the batch (memory B times its size).
 
-On one device both are plain calls.
+On one device both are plain calls. Mosaic GPU's interpret mode (a testing tool) runs
+unpartitioned: its ordered callbacks do not lower inside custom_partitioning.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from jax import custom_batching
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jflash.backends import Operands, Plan
+from jflash.backends import Operands, Plan, get
 from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
 
@@ -66,7 +67,8 @@ class Kernel:
 def forward(kernel: Kernel, q, k, v, operands: Operands):
   """(out, lse) of `kernel` on q [B, T, N, H], k, v [B, S, K, H], partitioned and batched."""
   present = _present(operands)
-  op = functools.partial(_ops(present, False)[0], kernel)
+  op = functools.partial(_ops(present, False)[0] if _partitioned(kernel)
+                         else functools.partial(_forward_impl, present), kernel)
   leaves = _leaves(operands, present)
   return _vmappable(op, _broadcastable(3, present))(q, k, v, *leaves)
 
@@ -78,7 +80,8 @@ def backward(kernel: Kernel, q, k, v, operands: Operands, lse, delta, do):
   """
   present = _present(operands)
   with_dbias = kernel.score_mod.bias_grad
-  op = functools.partial(_ops(present, with_dbias)[1], kernel)
+  op = functools.partial(_ops(present, with_dbias)[1] if _partitioned(kernel)
+                         else functools.partial(_backward_impl, present), kernel)
   outs = _vmappable(op, _broadcastable(6, present))(q, k, v, lse, delta, do,
                                                     *_leaves(operands, present))
   if not with_dbias:
@@ -86,6 +89,11 @@ def backward(kernel: Kernel, q, k, v, operands: Operands, lse, delta, do):
   dq, dk, dv, dbias = outs  # [B, N, T, S]: summed here, outside the per-shard call
   broadcast = tuple(a for a in (0, 1) if operands.bias.shape[a] == 1)
   return dq, dk, dv, jnp.sum(dbias, axis=broadcast, keepdims=True)
+
+
+def _partitioned(kernel: Kernel) -> bool:
+  """False for an interpret mode whose callbacks custom_partitioning cannot lower."""
+  return not (kernel.plan.interpret and get(kernel.plan.backend).interpret_effects)
 
 
 def _present(operands: Operands) -> tuple[tuple[str, str], ...]:

@@ -1,0 +1,326 @@
+"""Backward attention kernels: Pallas Mosaic GPU (Hopper, sm90a).
+
+FlashAttention-2's backward (Dao 2023, Algorithm 2) split in two kernels so that no
+CTA writes what another accumulates: no atomics, so gradients are bitwise identical run
+to run. Both have the forward's warp-specialised shape (:mod:`.forward`): a producer
+warpgroup streams tiles through a TMA ring (:class:`.common.Stream`) to two consumer
+warpgroups that each own 64-row tiles of the other side and accumulate in registers.
+
+* dK/dV: a CTA holds 2 * ``bwd_block_kv`` keys and values of one KV head and streams the
+  query tiles that see them, for every query head of its GQA group (so K and V are
+  never repeated and dK, dV are summed over the group on chip). It works on transposed
+  tiles: Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, so Pᵀ and dSᵀ feed dV += Pᵀ dO and dK += dSᵀ Q.
+* dQ: a CTA holds 2 * ``bwd_block_q`` queries and streams the key/value tiles they see:
+  S = Q Kᵀ, dP = dO Vᵀ, dQ += dS K.
+
+Both recompute P = exp(scale q.k - lse) from the forward pass's lse and use delta =
+rowsum(dO * O) - dL/dlse. As in the forward, the native form reads transposed operands
+through transposed shared-memory views and feeds Pᵀ, dSᵀ and dS to wgmma from
+registers; the interpretable form takes the transposed operands pre-transposed from
+XLA and routes the register operands through shared memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from jflash import masks
+from jflash.kernels.mosaic_gpu import common
+from jflash.kernels.mosaic_gpu.config import MosaicGpuConfig
+from jflash.masks import MaskSpec
+from jflash.scores import ScoreMod
+
+LOG2E = math.log2(math.e)
+CONSUMERS = 2
+WGMMA = plgpu.Layout.WGMMA
+
+
+def _probabilities(s, lse2, *, scale, score_mod, q_pos, kv_pos, lse_dim):
+  """(P, dz/ds or None) of a tile of raw scores `s`; lse2 = lse log2(e) along `lse_dim`."""
+  lse2 = lax.broadcast_in_dim(lse2, s.shape, [lse_dim])
+  if not score_mod.active:
+    return jnp.exp2(s * (scale * LOG2E) - lse2), None
+  z, dz = score_mod.logits(s * scale, q_pos=q_pos, kv_pos=kv_pos, with_grad=True)
+  return jnp.exp2(z * LOG2E - lse2), dz
+
+
+def _matmul(a, b, shape):
+  """a @ b on the tensor cores, into a fresh fp32 accumulator of `shape`."""
+  def body(acc_ref):
+    plgpu.wgmma(acc_ref, a, b)
+    return acc_ref[...]
+  return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
+
+
+def _accumulate(acc, a, b, a_smem):
+  """acc + a @ b, `a` a register tile; with `a_smem` (interpretable form) via that buffer."""
+  if a_smem is None:
+    return pl.run_state(lambda acc_ref: plgpu.wgmma(acc_ref, a, b))(plgpu.ACC.init(acc))
+  a_smem[...] = a
+  plgpu.commit_smem()
+  return acc + _matmul(a_smem, b, acc.shape)
+
+
+def _load_own(copies, barriers, wg):
+  """Consumer: TMA-loads its own tiles (src, dst pairs), one barrier each, and waits."""
+  for (src, dst), barrier in zip(copies, barriers):
+    plgpu.copy_gmem_to_smem(src, dst, barrier.at[wg])
+  for barrier in barriers:
+    plgpu.barrier_wait(barrier.at[wg])
+
+
+def _store_own(pairs):
+  """Consumer: stores (value, smem, gmem) triples through shared memory with TMA."""
+  for value, smem, _ in pairs:
+    smem[...] = value
+  plgpu.commit_smem()
+  for _, smem, gmem in pairs:
+    plgpu.copy_smem_to_gmem(smem, gmem)
+  plgpu.wait_smem_to_gmem(0)
+
+
+def _dq_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q: int,
+               block_kv: int, stages: int, groups: int, interpretable: bool):
+  # q, do, dq: [B, Tp, N, H]; lse2, delta: [B, N, Tp]; k, v: [B, Sp, K, H]; interpretable
+  # form: kt, vt [B, K, H, Sp] (Kᵀ, Vᵀ) instead of v.
+  n_in = 7 if interpretable else 6
+  q_ref, do_ref, lse_ref, delta_ref, *kv_refs = refs[:n_in]
+  dq_ref, own, own_bars, bufs, full, free, ds_smem = refs[n_in:]
+  q_smem, do_smem, lse_smem, delta_smem = own
+  i, head, b = lax.axis_index("q"), lax.axis_index("heads"), lax.axis_index("batch")
+  wg = lax.axis_index("wg")
+  cta_start = i * (CONSUMERS * block_q)
+  cta = spec.kv_tiles(cta_start, CONSUMERS * block_q, block_kv)
+  stream = common.Stream(bufs, full, free, common.Ring(stages, cta.lo))
+
+  @pl.when(wg < CONSUMERS)
+  def _consumer():
+    plgpu.set_max_registers(240, action="increase")
+    q_start = cta_start + wg * block_q
+    rows = pl.ds(q_start, block_q)
+    q_tile, do_tile = q_smem.at[wg], do_smem.at[wg]
+    _load_own([(q_ref.at[b, rows, head], q_tile), (do_ref.at[b, rows, head], do_tile),
+               (lse_ref.at[b, head, rows], lse_smem.at[wg]),
+               (delta_ref.at[b, head, rows], delta_smem.at[wg])], own_bars, wg)
+    lse2 = plgpu.load(lse_smem.at[wg], (), layout=WGMMA.reduce(1))
+    delta = plgpu.load(delta_smem.at[wg], (), layout=WGMMA.reduce(1))
+    shape = (block_q, block_kv)
+    q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
+    kv_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
+
+    def step(j, dq, masked):
+      tiles, slot = stream.wait(j)
+      if interpretable:
+        k_tile, k_t, v_t = tiles
+      else:
+        k_tile, v_tile = tiles
+        k_t, v_t = k_tile.T, v_tile.T
+      s = _matmul(q_tile, k_t, shape)
+      dp = _matmul(do_tile, v_t, shape)
+      kv_pos = j * block_kv + kv_iota
+      p, dz = _probabilities(s, lse2, scale=scale, score_mod=score_mod,
+                             q_pos=q_pos + spec.q_offset, kv_pos=kv_pos, lse_dim=0)
+      if masked:
+        p = jnp.where(spec.visible(q_pos, kv_pos), p, 0.0)
+      ds = p * (dp - lax.broadcast_in_dim(delta, shape, [0]))
+      if dz is not None:
+        ds = ds * dz
+      dq = _accumulate(dq, ds.astype(q_ref.dtype), k_tile,
+                       ds_smem.at[wg] if interpretable else None)
+      stream.release(slot)
+      return dq
+
+    dq = plgpu.layout_cast(jnp.zeros(q_tile.shape, jnp.float32), WGMMA)
+    mine = common.clamp_tiles(spec.kv_tiles(q_start, block_q, block_kv), cta)
+    dq = common.fori(cta.lo, mine.lo, stream.skip, dq)
+    dq = masks.fold_tiles(mine, step, dq)
+    dq = common.fori(mine.hi, cta.hi, stream.skip, dq)
+    _store_own([((dq * scale).astype(q_ref.dtype), q_tile, dq_ref.at[b, rows, head])])
+
+  @pl.when(wg == CONSUMERS)
+  def _producer():
+    plgpu.set_max_registers(24, action="decrease")
+    kv_head = lax.div(head, jnp.int32(groups))
+
+    def sources(j):
+      rows = pl.ds(j * block_kv, block_kv)
+      if interpretable:
+        k_ref, kt_ref, vt_ref = kv_refs
+        return (k_ref.at[b, rows, kv_head], kt_ref.at[b, kv_head, :, rows],
+                vt_ref.at[b, kv_head, :, rows])
+      k_ref, v_ref = kv_refs
+      return k_ref.at[b, rows, kv_head], v_ref.at[b, rows, kv_head]
+
+    stream.produce(cta.lo, cta.hi, sources)
+
+
+def _dkv_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q: int,
+                block_kv: int, stages: int, groups: int, interpretable: bool):
+  # k, v, dk, dv: [B, Sp, K, H]; q, do: [B, Tp, N, H]; lse2, delta: [B, N, Tp];
+  # interpretable form: also qt, dot [B, N, H, Tp] (Qᵀ, dOᵀ).
+  n_in = 8 if interpretable else 6
+  k_ref, v_ref, q_ref, do_ref, *rest = refs[:n_in]
+  qt_ref, dot_ref = rest[:2] if interpretable else (None, None)
+  lse_ref, delta_ref = rest[-2:]
+  dk_ref, dv_ref, own, own_bars, bufs, full, free, p_smem = refs[n_in:]
+  k_smem, v_smem = own
+  jc, kv_head, b = lax.axis_index("kv"), lax.axis_index("heads"), lax.axis_index("batch")
+  wg = lax.axis_index("wg")
+  cta_start = jc * (CONSUMERS * block_kv)
+  cta = spec.q_tiles(cta_start, CONSUMERS * block_kv, block_q)
+  n = cta.hi - cta.lo  # query tiles per head
+  stream = common.Stream(bufs, full, free, common.Ring(stages, 0))
+
+  @pl.when(wg < CONSUMERS)
+  def _consumer():
+    plgpu.set_max_registers(240, action="increase")
+    kv_start = cta_start + wg * block_kv
+    rows = pl.ds(kv_start, block_kv)
+    k_tile, v_tile = k_smem.at[wg], v_smem.at[wg]
+    _load_own([(k_ref.at[b, rows, kv_head], k_tile), (v_ref.at[b, rows, kv_head], v_tile)],
+              own_bars, wg)
+    shape = (block_kv, block_q)
+    kv_pos = kv_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
+    q_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
+    mine = common.clamp_tiles(spec.q_tiles(kv_start, block_kv, block_q), cta)
+    a_smem = p_smem.at[wg] if interpretable else None
+
+    def one_head(g, carry):
+      base = g * n - cta.lo  # stream index of query tile i is base + i
+
+      def step(i, carry, masked):
+        dk, dv = carry
+        tiles, slot = stream.wait(base + i)
+        if interpretable:
+          q_tile, do_tile, q_t, do_t, lse_tile, delta_tile = tiles
+        else:
+          q_tile, do_tile, lse_tile, delta_tile = tiles
+          q_t, do_t = q_tile.T, do_tile.T
+        lse2 = plgpu.load(lse_tile, (), layout=WGMMA.reduce(0))
+        delta = plgpu.load(delta_tile, (), layout=WGMMA.reduce(0))
+        s_t = _matmul(k_tile, q_t, shape)
+        dp_t = _matmul(v_tile, do_t, shape)
+        q_pos = i * block_q + q_iota
+        p_t, dz = _probabilities(s_t, lse2, scale=scale, score_mod=score_mod,
+                                 q_pos=q_pos + spec.q_offset, kv_pos=kv_pos, lse_dim=1)
+        if masked:
+          p_t = jnp.where(spec.visible(q_pos, kv_pos), p_t, 0.0)
+        ds_t = p_t * (dp_t - lax.broadcast_in_dim(delta, shape, [1]))
+        if dz is not None:
+          ds_t = ds_t * dz
+        dv = _accumulate(dv, p_t.astype(q_ref.dtype), do_tile, a_smem)
+        dk = _accumulate(dk, ds_t.astype(q_ref.dtype), q_tile, a_smem)
+        stream.release(slot)
+        return dk, dv
+
+      skip = lambda i, c: stream.skip(base + i, c)
+      carry = common.fori(cta.lo, mine.lo, skip, carry)
+      carry = masks.fold_tiles(mine, step, carry)
+      return common.fori(mine.hi, cta.hi, skip, carry)
+
+    zeros = plgpu.layout_cast(jnp.zeros(k_tile.shape, jnp.float32), WGMMA)
+    dk, dv = lax.fori_loop(0, groups, one_head, (zeros, zeros))
+    _store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_ref.at[b, rows, kv_head]),
+                (dv.astype(k_ref.dtype), v_tile, dv_ref.at[b, rows, kv_head])])
+
+  @pl.when(wg == CONSUMERS)
+  def _producer():
+    plgpu.set_max_registers(24, action="decrease")
+
+    def sources(t):
+      per_head = jnp.asarray(n, jnp.int32)
+      g, i = lax.div(t, per_head), cta.lo + lax.rem(t, per_head)
+      head = kv_head * groups + g
+      rows = pl.ds(i * block_q, block_q)
+      tiles = [q_ref.at[b, rows, head], do_ref.at[b, rows, head]]
+      if interpretable:
+        tiles += [qt_ref.at[b, head, :, rows], dot_ref.at[b, head, :, rows]]
+      return (*tiles, lse_ref.at[b, head, rows], delta_ref.at[b, head, rows])
+
+    stream.produce(0, groups * n, sources)
+
+
+def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, score_mod: ScoreMod,
+             config: MosaicGpuConfig, interpret: bool = False,
+             interpretable: bool | None = None):
+  """Attention backward pass on a Hopper GPU (or Mosaic GPU interpret mode).
+
+  Args:
+    q: [B, T, N, H]; k, v: [B, S, K, H]; do: [B, T, N, H] (dL/dout); bfloat16 or float16.
+    lse: [B, T, N] float32 natural-log softmax normaliser from the forward pass, +inf on
+      rows that see no key.
+    delta: [B, T, N] float32, rowsum(do * out) minus dL/dlse.
+    scale, spec, score_mod: as in the forward pass.
+    config: `bwd_block_q`, `bwd_block_kv`, `bwd_num_stages` are used.
+    interpret, interpretable: as in :func:`.forward.forward`.
+
+  Returns:
+    (dq, dk, dv) with the shapes and dtypes of (q, k, v); bitwise deterministic.
+  """
+  interpretable = interpret if interpretable is None else interpretable
+  b, t, n, h = q.shape
+  kv_heads = k.shape[2]
+  groups = n // kv_heads
+  block_q, block_kv, stages = config.bwd_block_q, config.bwd_block_kv, config.bwd_num_stages
+  q_multiple, kv_multiple = CONSUMERS * block_q, CONSUMERS * block_kv
+  q, k, v = common.pad_inputs(q, k, v, q_multiple, kv_multiple)
+  do = common.pad(do, q_multiple)
+  t_pad, s_pad, h_pad = q.shape[1], k.shape[1], q.shape[3]
+  # Row statistics as [B, N, Tp]; padding rows get lse = +inf, so P = 0 there.
+  lse2 = jnp.pad(jnp.swapaxes(lse, 1, 2) * LOG2E, ((0, 0), (0, 0), (0, t_pad - t)),
+                 constant_values=jnp.inf)
+  delta = jnp.pad(jnp.swapaxes(delta, 1, 2), ((0, 0), (0, 0), (0, t_pad - t)))
+  dtype = q.dtype
+  smem = functools.partial(common.smem, dtype=dtype)
+  rows_q, rows_kv = (block_q, h_pad), (block_kv, h_pad)
+  params = dict(scale=scale, spec=spec, score_mod=score_mod, block_q=block_q,
+                block_kv=block_kv, stages=stages, groups=groups, interpretable=interpretable)
+  mosaic = dict(num_threads=CONSUMERS + 1, thread_name="wg",
+                compiler_params=common.compiler_params(),
+                interpret=common.interpret_params() if interpret else None)
+  transposed = lambda x: jnp.transpose(x, (0, 2, 3, 1))  # [B, L, heads, H] -> [B, heads, H, L]
+
+  kv_tiles = [(rows_kv, dtype)] + ([((h_pad, block_kv), dtype)] * 2 if interpretable
+                                   else [(rows_kv, dtype)])
+  kv_in = (k, transposed(k), transposed(v)) if interpretable else (k, v)
+  dq = plgpu.kernel(
+      functools.partial(_dq_kernel, **params),
+      out_type=jax.ShapeDtypeStruct(q.shape, dtype),
+      scratch_types=[
+          (smem((CONSUMERS, *rows_q)), smem((CONSUMERS, *rows_q)),
+           plgpu.SMEM((CONSUMERS, block_q), jnp.float32),
+           plgpu.SMEM((CONSUMERS, block_q), jnp.float32)),
+          tuple(plgpu.Barrier(num_barriers=CONSUMERS) for _ in range(4)),
+          *common.stream_scratch(kv_tiles, stages, CONSUMERS),
+          smem((CONSUMERS, block_q, block_kv)) if interpretable else None,
+      ],
+      grid=(t_pad // q_multiple, n, b), grid_names=("q", "heads", "batch"),
+      kernel_name="jflash_mgpu_bwd_dq", **mosaic,
+  )(q, do, lse2, delta, *kv_in)
+
+  q_tiles = [(rows_q, dtype)] * 2
+  if interpretable:
+    q_tiles += [((h_pad, block_q), dtype)] * 2
+  q_tiles += [((block_q,), jnp.float32)] * 2
+  q_in = (q, do, transposed(q), transposed(do)) if interpretable else (q, do)
+  dk, dv = plgpu.kernel(
+      functools.partial(_dkv_kernel, **params),
+      out_type=[jax.ShapeDtypeStruct(k.shape, dtype)] * 2,
+      scratch_types=[
+          (smem((CONSUMERS, *rows_kv)), smem((CONSUMERS, *rows_kv))),
+          tuple(plgpu.Barrier(num_barriers=CONSUMERS) for _ in range(2)),
+          *common.stream_scratch(q_tiles, stages, CONSUMERS),
+          smem((CONSUMERS, block_kv, block_q)) if interpretable else None,
+      ],
+      grid=(s_pad // kv_multiple, kv_heads, b), grid_names=("kv", "heads", "batch"),
+      kernel_name="jflash_mgpu_bwd_dkv", **mosaic,
+  )(k, v, q, do, *q_in[2:], lse2, delta)
+  s_len = spec.kv_len
+  return dq[:, :t, :, :h], dk[:, :s_len, :, :h], dv[:, :s_len, :, :h]

@@ -1,0 +1,158 @@
+"""Helpers shared by the Mosaic GPU forward and backward kernels."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from jflash.kernels.mosaic_gpu.config import kernel_head_dim, swizzle_bytes
+from jflash.masks import TileRange
+
+Index = Any  # a Python int or a traced int32 scalar
+
+
+@dataclasses.dataclass(frozen=True)
+class Ring:
+  """A ring of `stages` shared-memory slots filled with tiles first, first + 1, ..."""
+
+  stages: int
+  first: Index
+
+  def slot(self, j):
+    return lax.rem(j - self.first if not _is_zero(self.first) else j, jnp.int32(self.stages))
+
+  def drain_start(self, end: Index) -> Index:
+    """The first of the last `stages` tiles before `end` (the ones still in the ring)."""
+    if isinstance(end, int) and isinstance(self.first, int):
+      return max(self.first, end - self.stages)
+    return jnp.maximum(self.first, end - self.stages)
+
+
+def _is_zero(x) -> bool:
+  return isinstance(x, int) and x == 0
+
+
+def _clamp(x, lo, hi):
+  if all(isinstance(a, int) for a in (x, lo, hi)):
+    return min(max(x, lo), hi)
+  return jnp.minimum(jnp.maximum(x, lo), hi)
+
+
+def clamp_tiles(tiles: TileRange, outer: TileRange) -> TileRange:
+  """`tiles` clipped into [outer.lo, outer.hi) (unchanged if it already lies inside)."""
+  lo = _clamp(tiles.lo, outer.lo, outer.hi)
+  hi = _clamp(tiles.hi, lo, outer.hi)
+  full_lo = _clamp(tiles.full_lo, lo, hi)
+  return TileRange(lo, full_lo, _clamp(tiles.full_hi, full_lo, hi), hi)
+
+
+def fori(lo: Index, hi: Index, body, carry):
+  """lax.fori_loop, dropped at trace time when the bounds are equal Python ints."""
+  if isinstance(lo, int) and isinstance(hi, int) and lo >= hi:
+    return carry
+  return lax.fori_loop(lo, hi, body, carry)
+
+
+def smem(shape, dtype):
+  """A shared-memory buffer of 16-bit tiles in the layout TMA and wgmma use (swizzled)."""
+  swizzle = swizzle_bytes(shape[-1], dtype)
+  tiling = plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize))
+  return plgpu.SMEM(shape, dtype, transforms=(tiling, plgpu.SwizzleTransform(swizzle)))
+
+
+def _pad_axis(x, axis: int, size: int):
+  if x.shape[axis] == size:
+    return x
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, pad)
+
+
+def round_up(x: int, multiple: int) -> int:
+  return -(-x // multiple) * multiple
+
+
+def pad_inputs(q, k, v, q_multiple: int, kv_multiple: int):
+  """q, k, v zero-padded: T and S to whole tiles, H to the kernels' head dim.
+
+  Zero head-dim columns change no score, and the padded rows and columns are masked
+  or sliced off by the callers.
+  """
+  return pad(q, q_multiple), pad(k, kv_multiple), pad(v, kv_multiple)
+
+
+def pad(x, multiple: int):
+  """[B, L, heads, H] zero-padded: L to a multiple of `multiple`, H to the kernels' H."""
+  x = _pad_axis(x, 3, kernel_head_dim(x.shape[3]))
+  return _pad_axis(x, 1, round_up(x.shape[1], multiple))
+
+
+def compiler_params():
+  return plgpu.CompilerParams(approx_math=True,
+                              lowering_semantics=plgpu.LoweringSemantics.Warpgroup)
+
+
+def interpret_params():
+  """Mosaic GPU interpret mode with race detection (jax's private module, 0.11)."""
+  from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams  # pylint: disable=g-import-not-at-top
+  return InterpretGPUParams(detect_races=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+  """Tiles that a producer warpgroup streams to the consumers through a ring.
+
+  Each tile brings one buffer per operand into slot ``ring.slot(t)`` of `bufs`; operand
+  n's TMA completes barrier ``full[n][slot]``, and the consumers (``free`` counts their
+  arrivals) release the slot once its last read is done. Consumers must observe every
+  tile, in order: a tile they do not compute is waited on and released (:meth:`skip`).
+  """
+
+  bufs: tuple[Any, ...]
+  full: tuple[Any, ...]
+  free: Any
+  ring: Ring
+
+  def produce(self, lo: Index, hi: Index, sources) -> None:
+    """Producer: loads tiles [lo, hi); ``sources(t)`` gives their GMEM refs (per operand)."""
+    stages = self.ring.stages
+
+    def load(t, _):
+      slot = self.ring.slot(t)
+      pl.when(t - lo >= stages)(lambda: plgpu.barrier_wait(self.free.at[slot]))
+      for src, buf, full in zip(sources(t), self.bufs, self.full):
+        plgpu.copy_gmem_to_smem(src, buf.at[slot], full.at[slot])
+
+    fori(lo, hi, load, None)
+    # Observe the last frees too: interpret mode checks that every phase is waited on.
+    fori(self.ring.drain_start(hi), hi, lambda t, _: plgpu.barrier_wait(
+        self.free.at[self.ring.slot(t)]), None)
+
+  def wait(self, t):
+    """Consumer: waits until tile t is in shared memory; returns its buffers and slot."""
+    slot = self.ring.slot(t)
+    for full in self.full:
+      plgpu.barrier_wait(full.at[slot])
+    return tuple(buf.at[slot] for buf in self.bufs), slot
+
+  def release(self, slot) -> None:
+    plgpu.barrier_arrive(self.free.at[slot])
+
+  def skip(self, t, carry):
+    """Consumer: lets tile t pass without computing on it."""
+    _, slot = self.wait(t)
+    self.release(slot)
+    return carry
+
+
+def stream_scratch(shapes, stages: int, consumers: int):
+  """Scratch for a Stream: ([stages, *shape] buffers per (shape, dtype)), full, free."""
+  bufs = tuple(smem((stages, *shape), dtype) if len(shape) == 2
+               else plgpu.SMEM((stages, *shape), dtype) for shape, dtype in shapes)
+  full = tuple(plgpu.Barrier(num_barriers=stages) for _ in shapes)
+  return bufs, full, plgpu.Barrier(num_arrivals=consumers, num_barriers=stages)

@@ -1,0 +1,92 @@
+"""Tile configuration of the Mosaic GPU (Hopper) kernels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+# Hopper's shared memory per block (227 KiB usable of 228).
+SMEM_BYTES = 227 * 1024
+#: Head dims the kernels run natively; others are zero-padded up to the next one.
+HEAD_DIMS = (64, 96, 128, 192, 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicGpuConfig:
+  """Tiles of the Mosaic GPU kernels (FlashAttention-3 layout, Shah et al. 2024).
+
+  The forward runs one CTA per 2 * `block_q` query rows: two consumer warpgroups of
+  `block_q` rows each and a producer warpgroup streaming key/value tiles of `block_kv`
+  rows through a ring of `num_stages` shared-memory slots (TMA).
+
+  Attributes:
+    block_q: query rows per consumer warpgroup in the forward (a multiple of 64).
+    block_kv: key rows per tile in the forward (a multiple of 64).
+    num_stages: key/value ring depth of the forward (>= 2).
+    bwd_block_q: query rows per tile in the backward (a multiple of 64).
+    bwd_block_kv: key rows per tile in the backward (a multiple of 64).
+    bwd_num_stages: ring depth of the backward kernels (>= 2).
+  """
+
+  block_q: int = 64
+  block_kv: int = 128
+  num_stages: int = 2
+  bwd_block_q: int = 64
+  bwd_block_kv: int = 64
+  bwd_num_stages: int = 2
+
+  def __post_init__(self):
+    for name in ("block_q", "block_kv", "bwd_block_q", "bwd_block_kv"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0 or value % 64:
+        raise ValueError(f"MosaicGpuConfig.{name}={value!r} must be a positive multiple of 64")
+    for name in ("num_stages", "bwd_num_stages"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 2:
+        raise ValueError(f"MosaicGpuConfig.{name}={value!r} must be an int >= 2")
+
+
+def kernel_head_dim(head_dim: int) -> int:
+  """The head dim the kernels run at: the smallest of HEAD_DIMS >= `head_dim`."""
+  for h in HEAD_DIMS:
+    if h >= head_dim:
+      return h
+  raise ValueError(f"head dim {head_dim} > {HEAD_DIMS[-1]}")
+
+
+def swizzle_bytes(minor: int, dtype) -> int:
+  """The widest shared-memory swizzle (128, 64 or 32 bytes) dividing a row of `minor`."""
+  row = minor * jnp.dtype(dtype).itemsize
+  for swizzle in (128, 64, 32):
+    if row % swizzle == 0:
+      return swizzle
+  raise ValueError(f"a row of {minor} x {jnp.dtype(dtype).name} is not a multiple of 32 bytes")
+
+
+def forward_smem_bytes(config: MosaicGpuConfig, head_dim: int, itemsize: int,
+                       interpret_form: bool) -> int:
+  """Shared memory the forward kernel asks for, in bytes."""
+  q = 2 * config.block_q * head_dim * itemsize
+  kv = 2 * config.num_stages * config.block_kv * head_dim * itemsize
+  lse = 2 * config.block_q * 4
+  p = 2 * config.block_q * config.block_kv * itemsize if interpret_form else 0
+  return q + kv + lse + p + 1024  # barriers and alignment
+
+
+def default_config(head_dim: int, is_causal: bool) -> MosaicGpuConfig:
+  """The forward and backward tiles for head dim `head_dim` (after padding)."""
+  del is_causal
+  if head_dim <= 128:
+    return MosaicGpuConfig(block_q=64, block_kv=128, num_stages=2)
+  return MosaicGpuConfig(block_q=64, block_kv=64, num_stages=2)
+
+
+def check_fits(config: MosaicGpuConfig, head_dim: int, dtype) -> None:
+  """Raises ValueError if `config`'s forward tiles do not fit in shared memory."""
+  need = forward_smem_bytes(config, kernel_head_dim(head_dim), jnp.dtype(dtype).itemsize,
+                            interpret_form=False)
+  if need > SMEM_BYTES:
+    raise ValueError(
+        f"{config} needs {need} bytes of shared memory at head dim {head_dim} and "
+        f"{jnp.dtype(dtype).name}; Hopper has {SMEM_BYTES}")

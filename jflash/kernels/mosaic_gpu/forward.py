@@ -1,0 +1,238 @@
+"""Forward attention kernel: Pallas Mosaic GPU (Hopper, sm90a).
+
+FlashAttention-3 (Shah et al. 2024) layout: one CTA per 2 * ``block_q`` query rows and
+(head, batch), three warpgroups:
+
+* a producer warpgroup (few registers) streams the key and value tiles the CTA sees
+  through a ring of ``num_stages`` shared-memory slots with TMA, each slot guarded by a
+  "full" barrier (TMA completion) and a "free" barrier (both consumers are done);
+* two consumer warpgroups (the rest of the registers) each keep ``block_q`` query rows
+  and run the online softmax of FlashAttention-2 (base 2, row max pre-scaled) on
+  wgmma tiles; a two-arrival "schedule" barrier makes them take turns on the tensor
+  cores (ping-pong), so one's softmax overlaps the other's matrix multiplies.
+
+Positional masks (causal, window, ``q_offset``) bound each row's key tiles with
+:meth:`jflash.masks.MaskSpec.kv_tiles`; only the tiles that straddle the mask edge are
+masked. The two consumers' ranges differ near the diagonal: each walks the CTA's whole
+range so that every barrier phase is observed, and skips the tiles outside its own.
+
+One body serves two forms. The native form reads Kᵀ through a transposed view of the
+key tile and feeds P to the PV wgmma from registers. The interpretable form, which
+Mosaic GPU's interpret mode (jax 0.11) can run with race detection on a CPU, takes Kᵀ
+pre-transposed from XLA and routes P through shared memory; the barrier, ring and mask
+logic are the same code.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from jflash import masks
+from jflash.kernels.mosaic_gpu import common
+from jflash.kernels.mosaic_gpu.config import MosaicGpuConfig
+from jflash.masks import MaskSpec
+from jflash.scores import ScoreMod
+
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+CONSUMERS = 2  # consumer warpgroups per CTA; the producer is warpgroup CONSUMERS
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem,
+                    p_smem, q_full, k_full, v_full, k_free, v_free, turn, *, scale: float,
+                    spec: MaskSpec, score_mod: ScoreMod, block_q: int, block_kv: int,
+                    stages: int, groups: int, num_q_ctas: int, interpretable: bool):
+  # q_ref, out_ref: [B, Tp, N, H]; k_ref: [B, Sp, K, H] (native) or Kᵀ [B, K, H, Sp]
+  # (interpretable); v_ref: [B, Sp, K, H]; lse_ref: [B, N, Tp] float32.
+  program = lax.axis_index("q")
+  i = num_q_ctas - 1 - program if spec.is_causal else program  # longest rows first
+  head, b = lax.axis_index("heads"), lax.axis_index("batch")
+  wg = lax.axis_index("wg")
+  cta_start = i * (CONSUMERS * block_q)
+  cta = spec.kv_tiles(cta_start, CONSUMERS * block_q, block_kv)
+  ring = common.Ring(stages, cta.lo)
+
+  def sync_turn():  # both consumers reach this point
+    plgpu.barrier_arrive(turn)
+    plgpu.barrier_wait(turn)
+
+  @pl.when(wg < CONSUMERS)
+  def _consumer():
+    plgpu.set_max_registers(232, action="increase")
+    q_start = cta_start + wg * block_q
+    q_tile = q_smem.at[wg]
+    plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q_start, block_q), head], q_tile, q_full.at[wg])
+    plgpu.barrier_wait(q_full.at[wg])
+    c = 1.0 if score_mod.active else scale * LOG2E  # logits -> base-2 exponents
+    shape = (block_q, block_kv)
+    q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
+    kv_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=plgpu.Layout.WGMMA)
+
+    def step(j, carry, masked):
+      acc, m, l = carry
+      slot = ring.slot(j)
+      plgpu.barrier_wait(k_full.at[slot])
+      k_t = k_smem.at[slot] if interpretable else k_smem.at[slot].T
+
+      def qk(acc_ref):
+        plgpu.wgmma(acc_ref, q_tile, k_t)
+        sync_turn()  # my QKᵀ is issued: the other consumer's PV may go
+        return acc_ref[...]
+
+      s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32))
+      plgpu.barrier_arrive(k_free.at[slot])
+      kv_pos = j * block_kv + kv_iota
+      if score_mod.active:
+        s = score_mod.logits(s * scale, q_pos=q_pos + spec.q_offset, kv_pos=kv_pos) * LOG2E
+      if masked:
+        s = jnp.where(spec.visible(q_pos, kv_pos), s, -jnp.inf)
+      m_new = jnp.maximum(m, s.max(axis=1) * c)
+      # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.
+      m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
+      alpha = jnp.exp2(m - m_use)
+      p = jnp.exp2(s * c - lax.broadcast_in_dim(m_use, shape, [0]))
+      l = l * alpha + p.sum(axis=1)
+      acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+      p = p.astype(q_ref.dtype)
+      plgpu.barrier_arrive(turn)  # softmax done
+      plgpu.barrier_wait(v_full.at[slot])
+      plgpu.barrier_wait(turn)  # the tensor cores are mine
+      if interpretable:
+        p_tile = p_smem.at[wg]
+        p_tile[...] = p
+        plgpu.commit_smem()
+
+        def pv(acc_ref):
+          plgpu.wgmma(acc_ref, p_tile, v_smem.at[slot])
+          return acc_ref[...]
+
+        acc = acc + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32))
+      else:
+        acc = pl.run_state(lambda acc_ref: plgpu.wgmma(acc_ref, p, v_smem.at[slot]))(
+            plgpu.ACC.init(acc))
+      plgpu.barrier_arrive(v_free.at[slot])
+      return acc, m_new, l
+
+    def skip(j, carry):  # a tile of the CTA that this consumer's rows do not see
+      slot = ring.slot(j)
+      plgpu.barrier_wait(k_full.at[slot])
+      sync_turn()
+      plgpu.barrier_arrive(k_free.at[slot])
+      plgpu.barrier_arrive(turn)
+      plgpu.barrier_wait(v_full.at[slot])
+      plgpu.barrier_wait(turn)
+      plgpu.barrier_arrive(v_free.at[slot])
+      return carry
+
+    head_dim = q_ref.shape[-1]
+    row = plgpu.Layout.WGMMA.reduce(1)
+    carry = (plgpu.layout_cast(jnp.zeros((block_q, head_dim), jnp.float32), plgpu.Layout.WGMMA),
+             plgpu.layout_cast(jnp.full((block_q,), -jnp.inf, jnp.float32), row),
+             plgpu.layout_cast(jnp.zeros((block_q,), jnp.float32), row))
+    pl.when(wg == 1)(sync_turn)  # consumer 1 starts half a step behind
+    mine = common.clamp_tiles(spec.kv_tiles(q_start, block_q, block_kv), cta)
+    carry = common.fori(cta.lo, mine.lo, skip, carry)
+    carry = masks.fold_tiles(mine, step, carry)
+    acc, m, l = common.fori(mine.hi, cta.hi, skip, carry)
+    pl.when(wg == 0)(sync_turn)
+
+    empty = l == 0.0  # the row saw no key: out = 0 (acc is 0), lse = -inf
+    inv = 1.0 / jnp.where(empty, 1.0, l)
+    q_tile[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(q_ref.dtype)
+    lse_smem.at[wg][...] = jnp.where(empty, -jnp.inf, (m + jnp.log2(l)) * LN2)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(q_tile, out_ref.at[b, pl.ds(q_start, block_q), head])
+    plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, head, pl.ds(q_start, block_q)])
+    plgpu.wait_smem_to_gmem(0)
+
+  @pl.when(wg == CONSUMERS)
+  def _producer():
+    plgpu.set_max_registers(40, action="decrease")
+    kv_head = lax.div(head, jnp.int32(groups))
+
+    def load(j, _):
+      slot = ring.slot(j)
+      rows = pl.ds(j * block_kv, block_kv)
+      later = j - cta.lo >= stages  # the slot held tile j - stages: wait until it is free
+      pl.when(later)(lambda: plgpu.barrier_wait(k_free.at[slot]))
+      k_tile = k_ref.at[b, kv_head, :, rows] if interpretable else k_ref.at[b, rows, kv_head]
+      plgpu.copy_gmem_to_smem(k_tile, k_smem.at[slot], k_full.at[slot])
+      pl.when(later)(lambda: plgpu.barrier_wait(v_free.at[slot]))
+      plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_head], v_smem.at[slot], v_full.at[slot])
+
+    common.fori(cta.lo, cta.hi, load, None)
+
+    def drain(j, _):  # observe the last frees too: every barrier phase is waited on
+      plgpu.barrier_wait(k_free.at[ring.slot(j)])
+      plgpu.barrier_wait(v_free.at[ring.slot(j)])
+
+    common.fori(ring.drain_start(cta.hi), cta.hi, drain, None)
+
+
+def forward(q, k, v, *, scale: float, spec: MaskSpec, score_mod: ScoreMod,
+            config: MosaicGpuConfig, interpret: bool = False, interpretable: bool | None = None):
+  """Attention forward pass on a Hopper GPU (or Mosaic GPU interpret mode).
+
+  Args:
+    q: [B, T, N, H]; k, v: [B, S, K, H]; bfloat16 or float16, N % K == 0, H <= 256.
+    scale: multiplies q.k before the softmax.
+    spec, score_mod: the mask and score modification (positional masks and soft-cap).
+    config: `block_q`, `block_kv`, `num_stages` are used.
+    interpret: run in Mosaic GPU interpret mode with race detection (CPU).
+    interpretable: use the interpretable form (default: with `interpret`); the native
+      GPU runs it too, which tests check.
+
+  Returns:
+    (out [B, T, N, H] in q.dtype, lse [B, T, N] float32, natural log); a query row
+    that sees no key gets out 0 and lse -inf.
+  """
+  interpretable = interpret if interpretable is None else interpretable
+  b, t, n, h = q.shape
+  kv_heads = k.shape[2]
+  block_q, block_kv, stages = config.block_q, config.block_kv, config.num_stages
+  rows_per_cta = CONSUMERS * block_q
+  q, k, v = common.pad_inputs(q, k, v, rows_per_cta, block_kv)
+  t_pad, s_pad, h_pad = q.shape[1], k.shape[1], q.shape[3]
+  num_q_ctas = t_pad // rows_per_cta
+  if interpretable:
+    k = jnp.transpose(k, (0, 2, 3, 1))  # Kᵀ [B, K, H, Sp]
+  dtype = q.dtype
+  smem = functools.partial(common.smem, dtype=dtype)
+  scratch = [
+      smem((CONSUMERS, block_q, h_pad)),
+      smem((stages, h_pad, block_kv) if interpretable else (stages, block_kv, h_pad)),
+      smem((stages, block_kv, h_pad)),
+      plgpu.SMEM((CONSUMERS, block_q), jnp.float32),
+      smem((CONSUMERS, block_q, block_kv)) if interpretable else None,
+      plgpu.Barrier(num_barriers=CONSUMERS),
+      plgpu.Barrier(num_barriers=stages),
+      plgpu.Barrier(num_barriers=stages),
+      plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=stages),
+      plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=stages),
+      plgpu.Barrier(num_arrivals=CONSUMERS),
+  ]
+  kernel = functools.partial(
+      _forward_kernel, scale=scale, spec=spec, score_mod=score_mod, block_q=block_q,
+      block_kv=block_kv, stages=stages, groups=n // kv_heads, num_q_ctas=num_q_ctas,
+      interpretable=interpretable)
+  out, lse = plgpu.kernel(
+      kernel,
+      out_type=[jax.ShapeDtypeStruct(q.shape, dtype),
+                jax.ShapeDtypeStruct((b, n, t_pad), jnp.float32)],
+      scratch_types=scratch,
+      grid=(num_q_ctas, n, b),
+      grid_names=("q", "heads", "batch"),
+      num_threads=CONSUMERS + 1,
+      thread_name="wg",
+      compiler_params=common.compiler_params(),
+      interpret=common.interpret_params() if interpret else None,
+      kernel_name="jflash_mgpu_fwd",
+  )(q, k, v)
+  return out[:, :t, :, :h], jnp.transpose(lse[:, :, :t], (0, 2, 1))
