@@ -1,6 +1,6 @@
 """The implementations the benchmark compares, how each is called, and why one cannot run.
 
-jflash (``jflash:triton``, ``jflash:xla``), ``jax.nn.dot_product_attention``
+jflash (``jflash:mosaic_gpu``, Hopper only; ``jflash:triton``, ``jflash:xla``), ``jax.nn.dot_product_attention``
 (``cudnn``, ``xla``) and JAX's bundled Pallas kernels (``pallas_mha``: ``mha``;
 ``pallas_mgpu``: ``attention_mgpu``, Hopper only, run in fp16). A case an
 implementation does not support raises :class:`Unsupported`; :func:`row_error` turns
@@ -18,7 +18,9 @@ import jflash
 from jflash.backends import nvidia_compute_capability
 from jflash.bench.cases import Case
 
-IMPLEMENTATIONS = ("jflash:triton", "jflash:xla", "cudnn", "xla", "pallas_mha", "pallas_mgpu")
+IMPLEMENTATIONS = ("jflash:mosaic_gpu", "jflash:triton", "jflash:xla", "cudnn", "xla",
+                   "pallas_mha", "pallas_mgpu")
+HOPPER_ONLY = ("jflash:mosaic_gpu", "pallas_mgpu")
 
 
 class Unsupported(Exception):
@@ -70,7 +72,7 @@ def available_implementations() -> tuple[str, ...]:
   capability = nvidia_compute_capability(jax.devices()[0])
   if capability is None:
     return ("jflash:xla", "xla")
-  return tuple(i for i in IMPLEMENTATIONS if i != "pallas_mgpu" or capability == (9, 0))
+  return tuple(i for i in IMPLEMENTATIONS if i not in HOPPER_ONLY or capability == (9, 0))
 
 
 def legend(impl: str) -> str:

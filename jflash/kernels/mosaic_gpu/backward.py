@@ -109,8 +109,8 @@ def _dq_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q
     _load_own([(q_ref.at[b, rows, head], q_tile), (do_ref.at[b, rows, head], do_tile),
                (lse_ref.at[b, head, rows], lse_smem.at[wg]),
                (delta_ref.at[b, head, rows], delta_smem.at[wg])], own_bars, wg)
-    lse2 = plgpu.load(lse_smem.at[wg], (), layout=WGMMA.reduce(1))
-    delta = plgpu.load(delta_smem.at[wg], (), layout=WGMMA.reduce(1))
+    lse2 = plgpu.load(lse_smem.at[wg], layout=WGMMA.reduce(1))
+    delta = plgpu.load(delta_smem.at[wg], layout=WGMMA.reduce(1))
     shape = (block_q, block_kv)
     q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
     kv_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
@@ -203,8 +203,8 @@ def _dkv_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_
         else:
           q_tile, do_tile, lse_tile, delta_tile = tiles
           q_t, do_t = q_tile.T, do_tile.T
-        lse2 = plgpu.load(lse_tile, (), layout=WGMMA.reduce(0))
-        delta = plgpu.load(delta_tile, (), layout=WGMMA.reduce(0))
+        lse2 = plgpu.load(lse_tile, layout=WGMMA.reduce(0))
+        delta = plgpu.load(delta_tile, layout=WGMMA.reduce(0))
         s_t = _matmul(k_tile, q_t, shape)
         dp_t = _matmul(v_tile, do_t, shape)
         q_pos = i * block_q + q_iota
@@ -322,5 +322,7 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, score_mod
       grid=(s_pad // kv_multiple, kv_heads, b), grid_names=("kv", "heads", "batch"),
       kernel_name="jflash_mgpu_bwd_dkv", **mosaic,
   )(k, v, q, do, *q_in[2:], lse2, delta)
+  if interpret:
+    common.check_races(dq, dk, dv)
   s_len = spec.kv_len
   return dq[:, :t, :, :h], dk[:, :s_len, :, :h], dv[:, :s_len, :, :h]

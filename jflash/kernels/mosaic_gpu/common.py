@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
@@ -156,3 +157,21 @@ def stream_scratch(shapes, stages: int, consumers: int):
                else plgpu.SMEM((stages, *shape), dtype) for shape, dtype in shapes)
   full = tuple(plgpu.Barrier(num_barriers=stages) for _ in shapes)
   return bufs, full, plgpu.Barrier(num_arrivals=consumers, num_barriers=stages)
+
+
+def races_found() -> bool:
+  """Whether Mosaic GPU's interpret mode has recorded a data race in this process."""
+  from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks  # pylint: disable=g-import-not-at-top
+  state = gpu_callbacks._races  # pylint: disable=protected-access; None before any kernel ran
+  return state is not None and bool(state.races_found)
+
+
+def _raise_on_races(*_):
+  if races_found():
+    raise RuntimeError("Mosaic GPU interpret mode detected a data race in a jflash kernel "
+                       "(a kernel bug: please report it)")
+
+
+def check_races(*arrays):
+  """After `arrays` are computed (interpret mode), raises RuntimeError if a race was seen."""
+  jax.debug.callback(_raise_on_races, *arrays)

@@ -235,4 +235,6 @@ def forward(q, k, v, *, scale: float, spec: MaskSpec, score_mod: ScoreMod,
       interpret=common.interpret_params() if interpret else None,
       kernel_name="jflash_mgpu_fwd",
   )(q, k, v)
+  if interpret:
+    common.check_races(out, lse)
   return out[:, :t, :, :h], jnp.transpose(lse[:, :, :t], (0, 2, 1))

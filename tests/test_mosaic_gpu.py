@@ -1,0 +1,165 @@
+"""The Mosaic GPU (Hopper) backend against the fp32 oracle.
+
+On a CPU the kernels run in Mosaic GPU interpret mode with race detection (their
+interpretable form: Kᵀ pre-transposed, P through shared memory); small shapes keep it
+fast, yet cover both consumers' different tile ranges, ragged T and S, GQA, padded
+head dims, windows, an offset and soft-cap. On a Hopper GPU the same cases, and larger
+ones, run natively in both forms.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jflash
+from jflash.backends import nvidia_compute_capability
+from jflash.reference import dense_attention
+from conftest import (ON_GPU, assert_within_criterion, max_err, random_inputs)
+
+BF16, F16 = jnp.bfloat16, jnp.float16
+HOPPER = ON_GPU and nvidia_compute_capability(jax.devices()[0]) == (9, 0)
+needs_hopper = pytest.mark.skipif(ON_GPU and not HOPPER, reason="needs a Hopper GPU (sm90)")
+
+# (B, T, S, N, K, H, dtype, kwargs of jflash.attention)
+CASES = {
+    "full-gqa-ragged": (1, 100, 150, 2, 1, 64, BF16, {}),
+    "causal-h96-two-ctas": (1, 200, 200, 2, 1, 96, F16, {"is_causal": True}),
+    "window-softcap": (1, 192, 160, 2, 2, 64, BF16,
+                       {"local_window_size": (50, 20), "logits_soft_cap": 8.0}),
+    "causal-offset-h80": (2, 64, 192, 1, 1, 80, BF16, {"is_causal": True, "q_offset": 128}),
+}
+GPU_CASES = {
+    "causal-h64-1000": (2, 1000, 1000, 4, 2, 64, BF16, {"is_causal": True}),
+    "full-h128-gqa": (1, 1024, 1536, 8, 2, 128, BF16, {}),
+    "causal-h128-f16": (1, 2048, 2048, 4, 4, 128, F16, {"is_causal": True}),
+    "full-h192": (1, 700, 900, 2, 1, 192, BF16, {}),
+    "causal-h256": (1, 1024, 1024, 2, 1, 256, BF16, {"is_causal": True}),
+    "window-h256-softcap": (1, 1024, 1024, 2, 2, 256, F16,
+                            {"local_window_size": (300, 0), "logits_soft_cap": 20.0}),
+    "causal-h32-padded": (1, 512, 512, 2, 1, 32, BF16, {"is_causal": True}),
+}
+
+
+@pytest.fixture(autouse=True)
+def _race_detector():
+  """Fresh interpret-mode state per test, and no race recorded by the end of it."""
+  if ON_GPU:
+    yield
+    return
+  from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
+  from jflash.kernels.mosaic_gpu.common import races_found
+  gpu_callbacks.reset_gpu_interpret_mode_state()
+  yield
+  assert not races_found(), "interpret mode found a race"
+
+
+def _oracle(q, k, v, do, kwargs):
+  f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+  mask_kwargs = {key: kwargs[key] for key in ("is_causal", "local_window_size", "q_offset",
+                                              "logits_soft_cap") if key in kwargs}
+  f = lambda *a: dense_attention(*a, scale=q.shape[-1] ** -0.5, **mask_kwargs)
+  (out, lse), vjp = jax.vjp(f, *f32)
+  return out, lse, vjp((do.astype(jnp.float32), jnp.zeros_like(lse)))
+
+
+def _attention(q, k, v, do, kwargs, implementation, interpret=False):
+  f = jax.jit(lambda *a: jflash.attention(*a, implementation=implementation,
+                                           interpret=interpret, return_lse=True, **kwargs))
+  (out, lse), vjp = jax.vjp(f, q, k, v)
+  return out, lse, vjp((do, jnp.zeros_like(lse)))
+
+
+def _check(case, seed=0):
+  b, t, s, n, kv_heads, h, dtype, kwargs = case
+  q, k, v, do = random_inputs(seed, b, t, s, n, kv_heads, h, dtype)
+  out_ref, lse_ref, grads_ref = _oracle(q, k, v, do, kwargs)
+  # The criterion's yardstick: the xla backend in the same dtype (jax.nn has no window
+  # with q_offset nor soft-cap), which rounds like jax.nn (tests/test_numerics.py).
+  out_x, _, grads_x = _attention(q, k, v, do, kwargs, "xla")
+  out, lse, grads = _attention(q, k, v, do, kwargs, "mosaic_gpu", interpret=not ON_GPU)
+  chex.assert_trees_all_equal_shapes_and_dtypes((out, grads), (q, (q, k, v)))
+  assert_within_criterion("out", max_err(out, out_ref), max_err(out_x, out_ref))
+  finite = jnp.isfinite(lse_ref)
+  assert bool(jnp.all(jnp.isfinite(lse) == finite)), "lse is -inf exactly where no key is seen"
+  assert max_err(jnp.where(finite, lse, 0), jnp.where(finite, lse_ref, 0)) < 1e-3
+  for name, g, g_x, g_ref in zip(("dq", "dk", "dv"), grads, grads_x, grads_ref):
+    assert_within_criterion(name, max_err(g, g_ref), max_err(g_x, g_ref))
+
+
+@needs_hopper
+@pytest.mark.parametrize("name", CASES)
+def test_against_oracle(name):
+  _check(CASES[name])
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("name", GPU_CASES)
+def test_against_oracle_native(name):
+  _check(GPU_CASES[name])
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("name", ["causal-h96-two-ctas", "window-softcap"])
+def test_interpretable_form_runs_natively(name):
+  """The interpretable form (what CI race-checks) computes the native form's results."""
+  from jflash.kernels.mosaic_gpu import backward, forward
+  from jflash.kernels.mosaic_gpu.config import MosaicGpuConfig
+  from jflash.masks import MaskSpec
+  from jflash.scores import ScoreMod
+  b, t, s, n, kv_heads, h, dtype, kwargs = CASES[name]
+  q, k, v, do = random_inputs(1, b, t, s, n, kv_heads, h, dtype)
+  left, right = kwargs.get("local_window_size", (None, None))
+  spec = MaskSpec(q_len=t, kv_len=s, is_causal=kwargs.get("is_causal", False),
+                  window=None if left is None else (left, right))
+  mod = ScoreMod(soft_cap=kwargs.get("logits_soft_cap"))
+  config = MosaicGpuConfig()
+  results = []
+  for interpretable in (False, True):
+    run = functools.partial(forward.forward, scale=h ** -0.5, spec=spec, score_mod=mod,
+                            config=config, interpretable=interpretable)
+    out, lse = jax.jit(run)(q, k, v)
+    delta = jnp.sum(out.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
+    grads = jax.jit(functools.partial(
+        backward.backward, scale=h ** -0.5, spec=spec, score_mod=mod, config=config,
+        interpretable=interpretable))(q, k, v, jnp.where(jnp.isinf(lse), jnp.inf, lse),
+                                      delta, do)
+    results.append((out, lse, *grads))
+  for name_, native, interp in zip(("out", "lse", "dq", "dk", "dv"), *results):
+    scale = float(jnp.max(jnp.abs(native.astype(jnp.float32)))) + 1e-6
+    assert max_err(interp, native) <= 2e-2 * scale, name_
+
+
+@pytest.mark.gpu
+@needs_hopper
+def test_bitwise_deterministic():
+  """Two runs of the backward give the same bits (no atomics in either kernel)."""
+  b, t, s, n, kv_heads, h, dtype, kwargs = GPU_CASES["causal-h64-1000"]
+  q, k, v, do = random_inputs(3, b, t, s, n, kv_heads, h, dtype)
+  f = jax.jit(lambda *a: jax.vjp(lambda *x: jflash.attention(
+      *x, implementation="mosaic_gpu", deterministic=True, **kwargs), *a[:3])[1](a[3]))
+  chex.assert_trees_all_equal(f(q, k, v, do), f(q, k, v, do))
+
+
+def test_unsupported_variant_names_triton():
+  q, k, v, _ = random_inputs(0, 1, 64, 64, 2, 1, 64, BF16)
+  ids = jnp.zeros((1, 64), jnp.int32)
+  with pytest.raises(NotImplementedError, match="q_segment_ids.*implementation='triton'"):
+    jflash.attention(q, k, v, q_segment_ids=ids, implementation="mosaic_gpu",
+                     interpret=not HOPPER)
+  with pytest.raises(NotImplementedError, match="float32.*implementation='triton'"):
+    jflash.attention(*(x.astype(jnp.float32) for x in (q, k, v)), implementation="mosaic_gpu",
+                     interpret=not HOPPER)
+
+
+@pytest.mark.skipif(HOPPER, reason="checks the refusal off Hopper")
+def test_needs_hopper():
+  q, k, v, _ = random_inputs(0, 1, 64, 64, 2, 1, 64, BF16)
+  with pytest.raises(NotImplementedError, match="Hopper GPU.*compute capability 9.0"):
+    jflash.attention(q, k, v, implementation="mosaic_gpu")
