@@ -25,6 +25,9 @@ import jflash
 from jflash.reference import dense_attention
 
 ON_GPU = jax.default_backend() == "gpu"
+# A Hopper GPU (sm90): the Mosaic GPU backend runs natively (tests/test_mosaic_gpu.py
+# runs it in interpret mode on a CPU).
+HOPPER = ON_GPU and jflash.backends.nvidia_compute_capability(jax.devices()[0]) == (9, 0)
 # On CPU the Triton kernels run in interpret mode; on a GPU natively.
 INTERPRET = not ON_GPU
 IMPLEMENTATIONS = ("triton", "xla")

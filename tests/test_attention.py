@@ -10,7 +10,7 @@ import pytest
 
 import jflash
 from jflash.reference import dense_attention
-from conftest import (IMPLEMENTATIONS, ON_GPU, assert_within_criterion, interpret_for,
+from conftest import (HOPPER, IMPLEMENTATIONS, ON_GPU, assert_within_criterion, interpret_for,
                       jax_nn_with_grads, jflash_with_grads, max_err, oracle_with_grads,
                       random_inputs)
 
@@ -72,9 +72,13 @@ def check_case(case, implementation, config=None, seed=0):
     assert_within_criterion(name, max_err(g, g_ref), max_err(g_nn, g_ref))
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS + (("mosaic_gpu",) if HOPPER else ()))
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_matches_oracle(case, implementation):
+  if implementation == "mosaic_gpu" and case[-1] == F32:  # Hopper kernels take 16-bit inputs
+    with pytest.raises(NotImplementedError, match="float32.*implementation='triton' can"):
+      check_case(case, implementation)
+    return
   check_case(case, implementation)
 
 

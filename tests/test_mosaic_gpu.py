@@ -17,12 +17,10 @@ import jax.numpy as jnp
 import pytest
 
 import jflash
-from jflash.backends import nvidia_compute_capability
 from jflash.reference import dense_attention
-from conftest import (ON_GPU, assert_within_criterion, max_err, random_inputs)
+from conftest import HOPPER, ON_GPU, assert_within_criterion, max_err, random_inputs
 
 BF16, F16 = jnp.bfloat16, jnp.float16
-HOPPER = ON_GPU and nvidia_compute_capability(jax.devices()[0]) == (9, 0)
 needs_hopper = pytest.mark.skipif(ON_GPU and not HOPPER, reason="needs a Hopper GPU (sm90)")
 
 # (B, T, S, N, K, H, dtype, kwargs of jflash.attention)
@@ -31,7 +29,9 @@ CASES = {
     "causal-h96-two-ctas": (1, 200, 200, 2, 1, 96, F16, {"is_causal": True}),
     "window-softcap": (1, 192, 160, 2, 2, 64, BF16,
                        {"local_window_size": (50, 20), "logits_soft_cap": 8.0}),
-    "causal-offset-h80": (2, 64, 192, 1, 1, 80, BF16, {"is_causal": True, "q_offset": 128}),
+    "causal-offset-h80": (1, 64, 160, 1, 1, 80, BF16, {"is_causal": True, "q_offset": 128}),
+    # H > 128: dK and dV split between the consumers, one dQ consumer.
+    "causal-h256-split": (1, 70, 100, 2, 1, 256, BF16, {"is_causal": True}),
 }
 GPU_CASES = {
     "causal-h64-1000": (2, 1000, 1000, 4, 2, 64, BF16, {"is_causal": True}),
@@ -106,7 +106,11 @@ def test_against_oracle_native(name):
 
 @pytest.mark.gpu
 @needs_hopper
-@pytest.mark.parametrize("name", ["causal-h96-two-ctas", "window-softcap"])
+@pytest.mark.parametrize("name", [
+    pytest.param("causal-h96-two-ctas", marks=pytest.mark.xfail(
+        strict=True, reason="jax 0.11.2 Mosaic GPU layout inference fails on the "
+        "interpretable form at H=96 (64-byte swizzle) natively; interpret mode runs it")),
+    "window-softcap", "causal-h256-split"])
 def test_interpretable_form_runs_natively(name):
   """The interpretable form (what CI race-checks) computes the native form's results."""
   from jflash.kernels.mosaic_gpu import backward, forward

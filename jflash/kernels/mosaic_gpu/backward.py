@@ -33,7 +33,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jflash import masks
 from jflash.kernels.mosaic_gpu import common
-from jflash.kernels.mosaic_gpu.config import MosaicGpuConfig
+from jflash.kernels.mosaic_gpu.config import SMEM_BYTES, MosaicGpuConfig, dq_smem_bytes, kernel_head_dim
 from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
 
@@ -87,7 +87,7 @@ def _store_own(pairs):
 
 
 def _dq_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q: int,
-               block_kv: int, stages: int, groups: int, interpretable: bool):
+               block_kv: int, stages: int, groups: int, interpretable: bool, consumers: int):
   # q, do, dq: [B, Tp, N, H]; lse2, delta: [B, N, Tp]; k, v: [B, Sp, K, H]; interpretable
   # form: kt, vt [B, K, H, Sp] (Kᵀ, Vᵀ) instead of v.
   n_in = 7 if interpretable else 6
@@ -96,11 +96,11 @@ def _dq_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q
   q_smem, do_smem, lse_smem, delta_smem = own
   i, head, b = lax.axis_index("q"), lax.axis_index("heads"), lax.axis_index("batch")
   wg = lax.axis_index("wg")
-  cta_start = i * (CONSUMERS * block_q)
-  cta = spec.kv_tiles(cta_start, CONSUMERS * block_q, block_kv)
+  cta_start = i * (consumers * block_q)
+  cta = spec.kv_tiles(cta_start, consumers * block_q, block_kv)
   stream = common.Stream(bufs, full, free, common.Ring(stages, cta.lo))
 
-  @pl.when(wg < CONSUMERS)
+  @pl.when(wg < consumers)
   def _consumer():
     plgpu.set_max_registers(240, action="increase")
     q_start = cta_start + wg * block_q
@@ -144,59 +144,71 @@ def _dq_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q
     dq = common.fori(mine.hi, cta.hi, stream.skip, dq)
     _store_own([((dq * scale).astype(q_ref.dtype), q_tile, dq_ref.at[b, rows, head])])
 
-  @pl.when(wg == CONSUMERS)
+  kv_head = lax.div(head, jnp.int32(groups))
+
+  def sources(j):
+    rows = pl.ds(j * block_kv, block_kv)
+    if interpretable:
+      k_ref, kt_ref, vt_ref = kv_refs
+      return (k_ref.at[b, rows, kv_head], kt_ref.at[b, kv_head, :, rows],
+              vt_ref.at[b, kv_head, :, rows])
+    k_ref, v_ref = kv_refs
+    return k_ref.at[b, rows, kv_head], v_ref.at[b, rows, kv_head]
+
+  @pl.when(wg == consumers)
   def _producer():
     plgpu.set_max_registers(24, action="decrease")
-    kv_head = lax.div(head, jnp.int32(groups))
-
-    def sources(j):
-      rows = pl.ds(j * block_kv, block_kv)
-      if interpretable:
-        k_ref, kt_ref, vt_ref = kv_refs
-        return (k_ref.at[b, rows, kv_head], kt_ref.at[b, kv_head, :, rows],
-                vt_ref.at[b, kv_head, :, rows])
-      k_ref, v_ref = kv_refs
-      return k_ref.at[b, rows, kv_head], v_ref.at[b, rows, kv_head]
-
     stream.produce(cta.lo, cta.hi, sources)
 
 
 def _dkv_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q: int,
-                block_kv: int, stages: int, groups: int, interpretable: bool):
+                block_kv: int, stages: int, groups: int, interpretable: bool, split: bool):
   # k, v, dk, dv: [B, Sp, K, H]; q, do: [B, Tp, N, H]; lse2, delta: [B, N, Tp];
-  # interpretable form: also qt, dot [B, N, H, Tp] (Qᵀ, dOᵀ).
+  # interpretable form: also qt, dot [B, N, H, Tp] (Qᵀ, dOᵀ). With `split` (H > 128,
+  # where dK and dV of 64 rows do not both fit one warpgroup's registers) the two
+  # consumers share one key tile: consumer 0 accumulates dV, consumer 1 dK.
   n_in = 8 if interpretable else 6
   k_ref, v_ref, q_ref, do_ref, *rest = refs[:n_in]
   qt_ref, dot_ref = rest[:2] if interpretable else (None, None)
   lse_ref, delta_ref = rest[-2:]
-  dk_ref, dv_ref, own, own_bars, bufs, full, free, p_smem = refs[n_in:]
+  dk_ref, dv_ref, own, own_bars, bufs, full, free, p_smem, done = refs[n_in:]
   k_smem, v_smem = own
   jc, kv_head, b = lax.axis_index("kv"), lax.axis_index("heads"), lax.axis_index("batch")
   wg = lax.axis_index("wg")
-  cta_start = jc * (CONSUMERS * block_kv)
-  cta = spec.q_tiles(cta_start, CONSUMERS * block_kv, block_q)
+  rows_per_cta = block_kv if split else CONSUMERS * block_kv
+  cta_start = jc * rows_per_cta
+  cta = spec.q_tiles(cta_start, rows_per_cta, block_q)
   n = cta.hi - cta.lo  # query tiles per head
   stream = common.Stream(bufs, full, free, common.Ring(stages, 0))
 
   @pl.when(wg < CONSUMERS)
   def _consumer():
     plgpu.set_max_registers(240, action="increase")
-    kv_start = cta_start + wg * block_kv
+    own_slot = 0 if split else wg
+    kv_start = cta_start + (0 if split else wg * block_kv)
     rows = pl.ds(kv_start, block_kv)
-    k_tile, v_tile = k_smem.at[wg], v_smem.at[wg]
-    _load_own([(k_ref.at[b, rows, kv_head], k_tile), (v_ref.at[b, rows, kv_head], v_tile)],
-              own_bars, wg)
+    k_tile, v_tile = k_smem.at[own_slot], v_smem.at[own_slot]
+    if split:  # consumer 0 loads the shared tiles; both wait for them
+      @pl.when(wg == 0)
+      def _load():
+        plgpu.copy_gmem_to_smem(k_ref.at[b, rows, kv_head], k_tile, own_bars[0].at[0])
+        plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_head], v_tile, own_bars[1].at[0])
+
+      for bar in own_bars:
+        plgpu.barrier_wait(bar.at[0])
+    else:
+      _load_own([(k_ref.at[b, rows, kv_head], k_tile), (v_ref.at[b, rows, kv_head], v_tile)],
+                own_bars, wg)
     shape = (block_kv, block_q)
     kv_pos = kv_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
     q_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
     mine = common.clamp_tiles(spec.q_tiles(kv_start, block_kv, block_q), cta)
     a_smem = p_smem.at[wg] if interpretable else None
 
-    def one_head(g, carry):
+    def one_head(g, carry, does_dk: bool, does_dv: bool):
       base = g * n - cta.lo  # stream index of query tile i is base + i
 
       def step(i, carry, masked):
-        dk, dv = carry
         tiles, slot = stream.wait(base + i)
         if interpretable:
           q_tile, do_tile, q_t, do_t, lse_tile, delta_tile = tiles
@@ -204,21 +216,24 @@ def _dkv_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_
           q_tile, do_tile, lse_tile, delta_tile = tiles
           q_t, do_t = q_tile.T, do_tile.T
         lse2 = plgpu.load(lse_tile, layout=WGMMA.reduce(0))
-        delta = plgpu.load(delta_tile, layout=WGMMA.reduce(0))
         s_t = _matmul(k_tile, q_t, shape)
-        dp_t = _matmul(v_tile, do_t, shape)
         q_pos = i * block_q + q_iota
         p_t, dz = _probabilities(s_t, lse2, scale=scale, score_mod=score_mod,
                                  q_pos=q_pos + spec.q_offset, kv_pos=kv_pos, lse_dim=1)
         if masked:
           p_t = jnp.where(spec.visible(q_pos, kv_pos), p_t, 0.0)
-        ds_t = p_t * (dp_t - lax.broadcast_in_dim(delta, shape, [1]))
-        if dz is not None:
-          ds_t = ds_t * dz
-        dv = _accumulate(dv, p_t.astype(q_ref.dtype), do_tile, a_smem)
-        dk = _accumulate(dk, ds_t.astype(q_ref.dtype), q_tile, a_smem)
+        out = []
+        if does_dv:
+          out.append(_accumulate(carry[len(out)], p_t.astype(q_ref.dtype), do_tile, a_smem))
+        if does_dk:
+          delta = plgpu.load(delta_tile, layout=WGMMA.reduce(0))
+          dp_t = _matmul(v_tile, do_t, shape)
+          ds_t = p_t * (dp_t - lax.broadcast_in_dim(delta, shape, [1]))
+          if dz is not None:
+            ds_t = ds_t * dz
+          out.append(_accumulate(carry[len(out)], ds_t.astype(q_ref.dtype), q_tile, a_smem))
         stream.release(slot)
-        return dk, dv
+        return tuple(out)
 
       skip = lambda i, c: stream.skip(base + i, c)
       carry = common.fori(cta.lo, mine.lo, skip, carry)
@@ -226,24 +241,44 @@ def _dkv_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_
       return common.fori(mine.hi, cta.hi, skip, carry)
 
     zeros = plgpu.layout_cast(jnp.zeros(k_tile.shape, jnp.float32), WGMMA)
-    dk, dv = lax.fori_loop(0, groups, one_head, (zeros, zeros))
-    _store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_ref.at[b, rows, kv_head]),
-                (dv.astype(k_ref.dtype), v_tile, dv_ref.at[b, rows, kv_head])])
+    dk_out = (dk_ref.at[b, rows, kv_head], k_ref.dtype)
+    dv_out = (dv_ref.at[b, rows, kv_head], k_ref.dtype)
+    if not split:
+      dv, dk = lax.fori_loop(0, groups, functools.partial(one_head, does_dk=True, does_dv=True),
+                             (zeros, zeros))
+      _store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_out[0]),
+                  (dv.astype(k_ref.dtype), v_tile, dv_out[0])])
+      return
+
+    @pl.when(wg == 0)
+    def _dv():
+      (dv,) = lax.fori_loop(0, groups, functools.partial(one_head, does_dk=False, does_dv=True),
+                            (zeros,))
+      plgpu.barrier_arrive(done)  # the other consumer still reads K and V: wait for it
+      plgpu.barrier_wait(done)
+      _store_own([(dv.astype(k_ref.dtype), v_tile, dv_out[0])])
+
+    @pl.when(wg == 1)
+    def _dk():
+      (dk,) = lax.fori_loop(0, groups, functools.partial(one_head, does_dk=True, does_dv=False),
+                            (zeros,))
+      plgpu.barrier_arrive(done)
+      plgpu.barrier_wait(done)
+      _store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_out[0])])
+
+  def sources(t):
+    per_head = jnp.asarray(n, jnp.int32)
+    g, i = lax.div(t, per_head), cta.lo + lax.rem(t, per_head)
+    head = kv_head * groups + g
+    rows = pl.ds(i * block_q, block_q)
+    tiles = [q_ref.at[b, rows, head], do_ref.at[b, rows, head]]
+    if interpretable:
+      tiles += [qt_ref.at[b, head, :, rows], dot_ref.at[b, head, :, rows]]
+    return (*tiles, lse_ref.at[b, head, rows], delta_ref.at[b, head, rows])
 
   @pl.when(wg == CONSUMERS)
   def _producer():
     plgpu.set_max_registers(24, action="decrease")
-
-    def sources(t):
-      per_head = jnp.asarray(n, jnp.int32)
-      g, i = lax.div(t, per_head), cta.lo + lax.rem(t, per_head)
-      head = kv_head * groups + g
-      rows = pl.ds(i * block_q, block_q)
-      tiles = [q_ref.at[b, rows, head], do_ref.at[b, rows, head]]
-      if interpretable:
-        tiles += [qt_ref.at[b, head, :, rows], dot_ref.at[b, head, :, rows]]
-      return (*tiles, lse_ref.at[b, head, rows], delta_ref.at[b, head, rows])
-
     stream.produce(0, groups * n, sources)
 
 
@@ -269,10 +304,17 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, score_mod
   kv_heads = k.shape[2]
   groups = n // kv_heads
   block_q, block_kv, stages = config.bwd_block_q, config.bwd_block_kv, config.bwd_num_stages
-  q_multiple, kv_multiple = CONSUMERS * block_q, CONSUMERS * block_kv
+  h_pad = kernel_head_dim(h)
+  itemsize = jnp.dtype(q.dtype).itemsize
+  # dQ: two consumers unless their Q and dO tiles and the K/V ring overflow shared memory
+  # (H = 256: 256 KiB), then one. dK/dV: past H = 128, one key tile split by dK and dV.
+  consumers_dq = 2 if dq_smem_bytes(2, block_q, block_kv, stages, h_pad, itemsize) <= SMEM_BYTES else 1
+  split = h_pad > 128
+  q_multiple = consumers_dq * block_q
+  kv_multiple = block_kv if split else CONSUMERS * block_kv
   q, k, v = common.pad_inputs(q, k, v, q_multiple, kv_multiple)
   do = common.pad(do, q_multiple)
-  t_pad, s_pad, h_pad = q.shape[1], k.shape[1], q.shape[3]
+  t_pad, s_pad = q.shape[1], k.shape[1]
   # Row statistics as [B, N, Tp]; padding rows get lse = +inf, so P = 0 there.
   lse2 = jnp.pad(jnp.swapaxes(lse, 1, 2) * LOG2E, ((0, 0), (0, 0), (0, t_pad - t)),
                  constant_values=jnp.inf)
@@ -282,26 +324,25 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, score_mod
   rows_q, rows_kv = (block_q, h_pad), (block_kv, h_pad)
   params = dict(scale=scale, spec=spec, score_mod=score_mod, block_q=block_q,
                 block_kv=block_kv, stages=stages, groups=groups, interpretable=interpretable)
-  mosaic = dict(num_threads=CONSUMERS + 1, thread_name="wg",
-                compiler_params=common.compiler_params(),
+  mosaic = dict(thread_name="wg", compiler_params=common.compiler_params(),
                 interpret=common.interpret_params() if interpret else None)
   transposed = lambda x: jnp.transpose(x, (0, 2, 3, 1))  # [B, L, heads, H] -> [B, heads, H, L]
 
   kv_tiles = [(rows_kv, dtype)] + ([((h_pad, block_kv), dtype)] * 2 if interpretable
                                    else [(rows_kv, dtype)])
   kv_in = (k, transposed(k), transposed(v)) if interpretable else (k, v)
+  c = consumers_dq
   dq = plgpu.kernel(
-      functools.partial(_dq_kernel, **params),
+      functools.partial(_dq_kernel, consumers=c, **params),
       out_type=jax.ShapeDtypeStruct(q.shape, dtype),
       scratch_types=[
-          (smem((CONSUMERS, *rows_q)), smem((CONSUMERS, *rows_q)),
-           plgpu.SMEM((CONSUMERS, block_q), jnp.float32),
-           plgpu.SMEM((CONSUMERS, block_q), jnp.float32)),
-          tuple(plgpu.Barrier(num_barriers=CONSUMERS) for _ in range(4)),
-          *common.stream_scratch(kv_tiles, stages, CONSUMERS),
-          smem((CONSUMERS, block_q, block_kv)) if interpretable else None,
+          (smem((c, *rows_q)), smem((c, *rows_q)), plgpu.SMEM((c, block_q), jnp.float32),
+           plgpu.SMEM((c, block_q), jnp.float32)),
+          tuple(plgpu.Barrier(num_barriers=c) for _ in range(4)),
+          *common.stream_scratch(kv_tiles, stages, c),
+          smem((c, block_q, block_kv)) if interpretable else None,
       ],
-      grid=(t_pad // q_multiple, n, b), grid_names=("q", "heads", "batch"),
+      grid=(t_pad // q_multiple, n, b), grid_names=("q", "heads", "batch"), num_threads=c + 1,
       kernel_name="jflash_mgpu_bwd_dq", **mosaic,
   )(q, do, lse2, delta, *kv_in)
 
@@ -310,17 +351,19 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, score_mod
     q_tiles += [((h_pad, block_q), dtype)] * 2
   q_tiles += [((block_q,), jnp.float32)] * 2
   q_in = (q, do, transposed(q), transposed(do)) if interpretable else (q, do)
+  own = 1 if split else CONSUMERS
   dk, dv = plgpu.kernel(
-      functools.partial(_dkv_kernel, **params),
+      functools.partial(_dkv_kernel, split=split, **params),
       out_type=[jax.ShapeDtypeStruct(k.shape, dtype)] * 2,
       scratch_types=[
-          (smem((CONSUMERS, *rows_kv)), smem((CONSUMERS, *rows_kv))),
-          tuple(plgpu.Barrier(num_barriers=CONSUMERS) for _ in range(2)),
+          (smem((own, *rows_kv)), smem((own, *rows_kv))),
+          tuple(plgpu.Barrier(num_barriers=own) for _ in range(2)),
           *common.stream_scratch(q_tiles, stages, CONSUMERS),
           smem((CONSUMERS, block_kv, block_q)) if interpretable else None,
+          plgpu.Barrier(num_arrivals=CONSUMERS),
       ],
       grid=(s_pad // kv_multiple, kv_heads, b), grid_names=("kv", "heads", "batch"),
-      kernel_name="jflash_mgpu_bwd_dkv", **mosaic,
+      num_threads=CONSUMERS + 1, kernel_name="jflash_mgpu_bwd_dkv", **mosaic,
   )(k, v, q, do, *q_in[2:], lse2, delta)
   if interpret:
     common.check_races(dq, dk, dv)

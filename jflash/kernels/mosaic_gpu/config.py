@@ -71,12 +71,25 @@ def forward_smem_bytes(config: MosaicGpuConfig, head_dim: int, itemsize: int,
   kv = 2 * config.num_stages * config.block_kv * head_dim * itemsize
   lse = 2 * config.block_q * 4
   p = 2 * config.block_q * config.block_kv * itemsize if interpret_form else 0
-  return q + kv + lse + p + 1024  # barriers and alignment
+  return q + kv + lse + p + 4096  # barriers and alignment (measured: ~2 KiB)
+
+
+def dq_smem_bytes(consumers: int, block_q: int, block_kv: int, stages: int, head_dim: int,
+                  itemsize: int) -> int:
+  """Shared memory of the native dQ kernel: Q, dO, lse, delta per consumer, the K/V ring."""
+  own = consumers * (2 * block_q * head_dim * itemsize + 2 * block_q * 4)
+  return own + 2 * stages * block_kv * head_dim * itemsize + 1024
 
 
 def default_config(head_dim: int, is_causal: bool) -> MosaicGpuConfig:
   """The forward and backward tiles for head dim `head_dim` (after padding)."""
+  # Measured on an H200 (BUILD_NOTES, issue 10 log): at H=64, backward query tiles of
+  # 128 rows ran 22% faster than 64 (376 vs 307 TFLOP/s at T=2k); at H=128 they spill
+  # and ran at 205 vs 364. Forward key tiles of 128 beat 64 (408 vs 328 at H=64) and a
+  # third stage did not help (375).
   del is_causal
+  if head_dim <= 64:
+    return MosaicGpuConfig(block_q=64, block_kv=128, num_stages=2, bwd_block_q=128)
   if head_dim <= 128:
     return MosaicGpuConfig(block_q=64, block_kv=128, num_stages=2)
   return MosaicGpuConfig(block_q=64, block_kv=64, num_stages=2)
