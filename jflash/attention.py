@@ -104,9 +104,10 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
   backend that can run on the device the call runs on and supports the case: for
   concrete input arrays, the device they live on; under `jit` (where inputs are
   tracers and their placement is decided later), the platform XLA compiles for, via
-  `jax.lax.platform_dependent`: ``"triton"`` when it compiles for an NVIDIA GPU of
-  compute capability >= 8.0 (tiles tuned for the process's default GPU), ``"xla"`` on
-  any other platform (CPU, TPU, ROCm). A `config` picks the backend whose config type
+  `jax.lax.platform_dependent`: on a CUDA GPU the backend chosen for the process's
+  default GPU (``"mosaic_gpu"`` on a Hopper GPU for the calls it serves, otherwise
+  ``"triton"`` on compute capability >= 8.0), ``"xla"`` on any other platform (CPU,
+  TPU, ROCm). A `config` picks the backend whose config type
   it is.
 
   Sharding: under `jit`, q, k, v sharded (`NamedSharding`) over the batch axis and/or
@@ -157,15 +158,22 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
       dropout_rate > 0; may be traced.
     deterministic: True asks for gradients that are bitwise identical run to run; False
       lets a backend use unordered (atomic) reductions where that is faster. The
-      ``"triton"`` and ``"xla"`` backends are deterministic either way: their backward
-      is a dK/dV pass and a dQ pass that each accumulate in a fixed order, no atomics.
-    implementation: ``"triton"`` (Pallas kernels lowered through Triton; NVIDIA GPUs of
-      compute capability >= 8.0), ``"xla"`` (the same tiled algorithm in pure JAX; any
-      device, memory linear in T and S), or None to choose as described above.
+      ``"mosaic_gpu"``, ``"triton"`` and ``"xla"`` backends are deterministic either
+      way: their backward is a dK/dV pass and a dQ pass that each accumulate in a fixed
+      order, no atomics.
+    implementation: ``"mosaic_gpu"`` (Pallas kernels lowered through Mosaic GPU, after
+      FlashAttention-3, Shah et al. 2024; Hopper GPUs, bfloat16/float16; causal,
+      windows, a static q_offset and soft-cap, no other variant yet), ``"triton"``
+      (Pallas kernels lowered through Triton; NVIDIA GPUs of compute capability >= 8.0;
+      every variant), ``"xla"`` (the same tiled algorithm in pure JAX; any device,
+      memory linear in T and S), or None to choose as described above.
     interpret: run the Pallas kernels in Pallas interpret mode (for CPU testing).
-      With ``implementation=None`` this selects ``"triton"``.
+      With ``implementation=None`` this selects ``"triton"``; with ``"mosaic_gpu"`` it
+      runs Mosaic GPU's interpret mode with race detection (a detected race raises
+      RuntimeError), unpartitioned.
     return_lse: also return the log-sum-exp of the scaled scores.
-    config: the chosen backend's config: a :class:`jflash.TritonConfig` (also called
+    config: the chosen backend's config: a :class:`jflash.MosaicGpuConfig` for
+      ``"mosaic_gpu"``, a :class:`jflash.TritonConfig` (also called
       ``jflash.AttentionConfig``) for ``"triton"``, a :class:`jflash.XlaConfig` for
       ``"xla"``; None takes the backend's default (``jflash.default_config`` for
       Triton, tuned on an H200).

@@ -79,7 +79,7 @@ def test_bad_flags_raise():
     jflash.attention(q, k, v, is_causal="yes")
   with pytest.raises(ValueError, match="interpret=True runs Pallas kernels"):
     jflash.attention(q, k, v, implementation="xla", interpret=True)
-  with pytest.raises(ValueError, match="config must be a jflash.TritonConfig.*or a jflash.XlaConfig"):
+  with pytest.raises(ValueError, match="config must be a jflash.MosaicGpuConfig.*or a jflash.TritonConfig.*or a jflash.XlaConfig"):
     jflash.attention(q, k, v, config={"block_q": 64})
 
 

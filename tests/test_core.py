@@ -31,6 +31,7 @@ class FakeDevice:
 
 
 H100 = FakeDevice("gpu", "9.0", "NVIDIA H100 (fake)")
+A100 = FakeDevice("gpu", "8.0", "NVIDIA A100 (fake)")
 V100 = FakeDevice("gpu", "7.0", "Tesla V100 (fake)")
 MI250 = FakeDevice("gpu", "gfx90a", "AMD Instinct MI250X (fake)")
 CPU = FakeDevice("cpu", "", "cpu")
@@ -41,7 +42,7 @@ PROBLEM = backends.Problem(1, 64, 64, 4, 2, 64, jnp.dtype(jnp.bfloat16), MaskSpe
 
 
 def test_registry_lists_each_backend_with_its_protocol():
-  assert backends.PRIORITY == ("triton", "xla")
+  assert backends.PRIORITY == ("mosaic_gpu", "triton", "xla")
   for name in backends.PRIORITY:
     backend = backends.get(name)
     assert isinstance(backend, backends.Backend) and backend.name == name
@@ -50,12 +51,25 @@ def test_registry_lists_each_backend_with_its_protocol():
     hash(config)  # configs are static arguments of jit
   assert backends.get("triton").config_type is jflash.TritonConfig is jflash.AttentionConfig
   assert backends.get("xla").config_type is jflash.XlaConfig
+  assert backends.get("mosaic_gpu").config_type is jflash.MosaicGpuConfig
 
 
-@pytest.mark.parametrize("device, expected", [(H100, "triton"), (V100, "xla"), (MI250, "xla"),
-                                              (CPU, "xla")])
+@pytest.mark.parametrize("device, expected", [(H100, "mosaic_gpu"), (A100, "triton"),
+                                              (V100, "xla"), (MI250, "xla"), (CPU, "xla")])
 def test_implementation_none_takes_the_best_backend_for_the_device(device, expected):
   assert backends.plan(None, PROBLEM, device).backend == expected
+
+
+def test_hopper_gives_what_mosaic_gpu_does_not_serve_to_triton():
+  f32 = dataclasses.replace(PROBLEM, dtype=jnp.dtype(jnp.float32))
+  packed = dataclasses.replace(PROBLEM, spec=MaskSpec(64, 64, segment_ids=True))
+  for problem, reason in ((f32, "float32"), (packed, "q_segment_ids")):
+    assert backends.plan(None, problem, H100).backend == "triton"
+    with pytest.raises(NotImplementedError,
+                       match=f"'mosaic_gpu' cannot serve.*{reason}.*implementation='triton' can"):
+      backends.plan("mosaic_gpu", problem, H100)
+  with pytest.raises(NotImplementedError, match="Hopper GPU.*'NVIDIA A100 \\(fake\\)'"):
+    backends.plan("mosaic_gpu", PROBLEM, A100)
 
 
 def test_rocm_and_old_gpus_get_xla_cleanly():
@@ -89,9 +103,11 @@ def test_config_picks_its_backend_and_wrong_types_are_refused():
 
 
 def test_interpret_needs_a_pallas_backend():
-  with pytest.raises(ValueError, match=r"implementation='xla' has none.*\['triton'\]"):
+  with pytest.raises(ValueError, match=r"implementation='xla' has none.*\['mosaic_gpu', 'triton'\]"):
     backends.plan("xla", PROBLEM, None, interpret=True)
+  # Mosaic GPU's (slow, race-checking) interpret mode runs only when named.
   assert backends.plan(None, PROBLEM, None, interpret=True).backend == "triton"
+  assert backends.plan("mosaic_gpu", PROBLEM, None, interpret=True).backend == "mosaic_gpu"
 
 
 @pytest.fixture
@@ -105,12 +121,15 @@ def gpu_host(monkeypatch):
 def test_traced_call_chooses_by_the_platform_it_is_compiled_for(gpu_host):
   """Under jit the backend follows the lowering platform, not jax.devices()[0]."""
   del gpu_host
-  q = jax.ShapeDtypeStruct((1, 64, 2, 32), jnp.bfloat16)
-  traced = jax.jit(lambda q, k, v: jflash.attention(q, k, v, is_causal=True)).trace(q, q, q)
-  cuda = traced.lower(lowering_platforms=("cuda",)).as_text()
-  cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
-  assert "jflash_fwd" in cuda and "triton" in cuda
-  assert "jflash_fwd" not in cpu and "triton" not in cpu
+  for dtype, kernel in ((jnp.float32, "jflash_fwd"), (jnp.bfloat16, "jflash_mgpu_fwd")):
+    # On a Hopper GPU: Mosaic GPU for 16-bit inputs, Triton for float32.
+    q = jax.ShapeDtypeStruct((1, 64, 2, 32), dtype)
+    traced = jax.jit(lambda q, k, v: jflash.attention(q, k, v, is_causal=True)).trace(q, q, q)
+    cuda = traced.lower(lowering_platforms=("cuda",)).as_text()
+    cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
+    assert kernel in cuda, kernel
+    assert ("triton" in cuda) == (kernel == "jflash_fwd")
+    assert "jflash_" not in cpu and "triton" not in cpu
   # Concrete CPU arrays on that (pretend) GPU host run the xla backend eagerly too.
   x = jnp.ones((1, 8, 2, 16))
   chex.assert_trees_all_close(jflash.attention(x, x, x),

@@ -1,0 +1,39 @@
+"""Quick Mosaic GPU vs cuDNN (and triton) timing: fwd and fwd+bwd, TFLOP/s, CUPTI medians."""
+import sys, json, jax, jax.numpy as jnp, numpy as np, jflash
+from jax.experimental.mosaic.gpu import profiler
+impls = sys.argv[1].split(",")
+grid = [tuple(int(x) for x in c.split("x")) for c in sys.argv[2].split(",")]  # H x T x causal
+iters = 20
+res = []
+def tf(flops, ms): return flops / ms / 1e9
+for h, t, c in grid:
+  b, n = 16384 // t, 2048 // h
+  causal = bool(c)
+  ks = jax.random.split(jax.random.key(0), 4)
+  q, k, v, do = (jax.random.normal(kk, (b, t, n, h), jnp.bfloat16) for kk in ks)
+  flops = 4 * b * n * t * t * h * (0.5 if causal else 1.0)
+  row = {"H": h, "T": t, "causal": causal}
+  for label in impls:
+    impl = label
+    if impl == "tokamax":
+      import tokamax
+      att = lambda q, k, v: tokamax.dot_product_attention(q, k, v, is_causal=causal, implementation="mosaic")
+    elif impl == "cudnn":
+      att = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+    else:
+      cfg = None
+      if "/" in impl:  # mosaic_gpu/bq/bkv/stages/bbq/bbkv/bst
+        impl, *nums = impl.split("/")
+        cfg = jflash.MosaicGpuConfig(*map(int, nums))
+      att = lambda q, k, v, impl=impl, cfg=cfg: jflash.attention(q, k, v, is_causal=causal, implementation=impl, config=cfg)
+    fwd = jax.jit(att)
+    fb = jax.jit(lambda q, k, v, do: jax.vjp(att, q, k, v)[1](do))
+    try:
+      tf_ = [profiler.measure(fwd, iterations=iters)(q, k, v)[1] for _ in range(1)]
+      ms_f = float(np.median(tf_[0])) if hasattr(tf_[0], "__len__") else float(tf_[0])
+      tb_ = profiler.measure(fb, iterations=iters)(q, k, v, do)[1]
+      ms_b = float(np.median(tb_)) if hasattr(tb_, "__len__") else float(tb_)
+      row[label] = (round(tf(flops, ms_f), 1), round(tf(2.5 * flops, ms_b - ms_f), 1), round(ms_f, 4), round(ms_b, 4))
+    except Exception as e:
+      row[label] = f"ERR {type(e).__name__}: {str(e)[:300]}"
+  print(json.dumps(row), flush=True)
