@@ -110,9 +110,13 @@ def test_against_oracle_native(name):
     pytest.param("causal-h96-two-ctas", marks=pytest.mark.xfail(
         strict=True, reason="jax 0.11.2 Mosaic GPU layout inference fails on the "
         "interpretable form at H=96 (64-byte swizzle) natively; interpret mode runs it")),
-    "window-softcap", "causal-h256-split"])
+    "window-softcap", "full-gqa-ragged"])
 def test_interpretable_form_runs_natively(name):
-  """The interpretable form (what CI race-checks) computes the native form's results."""
+  """The interpretable form (what CI race-checks) computes the native form's results.
+
+  (At H=256 its extra shared-memory buffers, Kᵀ, Qᵀ, dOᵀ and P, exceed Hopper's 227 KiB:
+  that form is for interpret mode, which has no such limit.)
+  """
   from jflash.kernels.mosaic_gpu import backward, forward
   from jflash.kernels.mosaic_gpu.config import MosaicGpuConfig
   from jflash.masks import MaskSpec
