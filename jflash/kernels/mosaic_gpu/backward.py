@@ -42,13 +42,25 @@ CONSUMERS = 2
 WGMMA = plgpu.Layout.WGMMA
 
 
-def _probabilities(s, lse2, *, scale, score_mod, q_pos, kv_pos, lse_dim):
-  """(P, dz/ds or None) of a tile of raw scores `s`; lse2 = lse log2(e) along `lse_dim`."""
+def _probabilities(s, lse2, *, scale, score_mod, q_pos, kv_pos, lse_dim, visible=None):
+  """(P, dz/ds or None) of a tile of raw scores `s`; lse2 = lse log2(e) along `lse_dim`.
+
+  q_pos are query positions (index + q_offset); P is 0 where `visible` (if given) is False.
+  """
   lse2 = lax.broadcast_in_dim(lse2, s.shape, [lse_dim])
+  dz = None
   if not score_mod.active:
-    return jnp.exp2(s * (scale * LOG2E) - lse2), None
-  z, dz = score_mod.logits(s * scale, q_pos=q_pos, kv_pos=kv_pos, with_grad=True)
-  return jnp.exp2(z * LOG2E - lse2), dz
+    p = jnp.exp2(s * (scale * LOG2E) - lse2)
+  else:
+    z, dz = score_mod.logits(s * scale, q_pos=q_pos, kv_pos=kv_pos, with_grad=True)
+    p = jnp.exp2(z * LOG2E - lse2)
+  return (p if visible is None else jnp.where(visible, p, 0.0)), dz
+
+
+def _score_grads(p, dp, delta, dz, delta_dim):
+  """dL/d(scaled scores) = P (dP - delta) dz/ds, delta broadcast along `delta_dim`."""
+  ds = p * (dp - lax.broadcast_in_dim(delta, p.shape, [delta_dim]))
+  return ds if dz is None else ds * dz
 
 
 def _matmul(a, b, shape):
@@ -126,12 +138,9 @@ def _dq_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q
       dp = _matmul(do_tile, v_t, shape)
       kv_pos = j * block_kv + kv_iota
       p, dz = _probabilities(s, lse2, scale=scale, score_mod=score_mod,
-                             q_pos=q_pos + spec.q_offset, kv_pos=kv_pos, lse_dim=0)
-      if masked:
-        p = jnp.where(spec.visible(q_pos, kv_pos), p, 0.0)
-      ds = p * (dp - lax.broadcast_in_dim(delta, shape, [0]))
-      if dz is not None:
-        ds = ds * dz
+                             q_pos=q_pos + spec.q_offset, kv_pos=kv_pos, lse_dim=0,
+                             visible=spec.visible(q_pos, kv_pos) if masked else None)
+      ds = _score_grads(p, dp, delta, dz, 0)
       dq = _accumulate(dq, ds.astype(q_ref.dtype), k_tile,
                        ds_smem.at[wg] if interpretable else None)
       stream.release(slot)
@@ -219,18 +228,15 @@ def _dkv_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_
         s_t = _matmul(k_tile, q_t, shape)
         q_pos = i * block_q + q_iota
         p_t, dz = _probabilities(s_t, lse2, scale=scale, score_mod=score_mod,
-                                 q_pos=q_pos + spec.q_offset, kv_pos=kv_pos, lse_dim=1)
-        if masked:
-          p_t = jnp.where(spec.visible(q_pos, kv_pos), p_t, 0.0)
+                                 q_pos=q_pos + spec.q_offset, kv_pos=kv_pos, lse_dim=1,
+                                 visible=spec.visible(q_pos, kv_pos) if masked else None)
         out = []
         if does_dv:
           out.append(_accumulate(carry[len(out)], p_t.astype(q_ref.dtype), do_tile, a_smem))
         if does_dk:
           delta = plgpu.load(delta_tile, layout=WGMMA.reduce(0))
           dp_t = _matmul(v_tile, do_t, shape)
-          ds_t = p_t * (dp_t - lax.broadcast_in_dim(delta, shape, [1]))
-          if dz is not None:
-            ds_t = ds_t * dz
+          ds_t = _score_grads(p_t, dp_t, delta, dz, 1)
           out.append(_accumulate(carry[len(out)], ds_t.astype(q_ref.dtype), q_tile, a_smem))
         stream.release(slot)
         return tuple(out)
