@@ -163,7 +163,8 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
       order, no atomics.
     implementation: ``"mosaic_gpu"`` (Pallas kernels lowered through Mosaic GPU, after
       FlashAttention-3, Shah et al. 2024; Hopper GPUs, bfloat16/float16; causal,
-      windows, a static q_offset and soft-cap, no other variant yet), ``"triton"``
+      windows, q_offset, lengths, segment ids and soft-cap, not yet masks, bias, ALiBi
+      or dropout), ``"triton"``
       (Pallas kernels lowered through Triton; NVIDIA GPUs of compute capability >= 8.0;
       every variant), ``"xla"`` (the same tiled algorithm in pure JAX; any device,
       memory linear in T and S), or None to choose as described above.

@@ -62,8 +62,8 @@ def test_implementation_none_takes_the_best_backend_for_the_device(device, expec
 
 def test_hopper_gives_what_mosaic_gpu_does_not_serve_to_triton():
   f32 = dataclasses.replace(PROBLEM, dtype=jnp.dtype(jnp.float32))
-  packed = dataclasses.replace(PROBLEM, spec=MaskSpec(64, 64, segment_ids=True))
-  for problem, reason in ((f32, "float32"), (packed, "q_segment_ids")):
+  masked = dataclasses.replace(PROBLEM, spec=MaskSpec(64, 64, dense_mask=True))
+  for problem, reason in ((f32, "float32"), (masked, "mask")):
     assert backends.plan(None, problem, H100).backend == "triton"
     with pytest.raises(NotImplementedError,
                        match=f"'mosaic_gpu' cannot serve.*{reason}.*implementation='triton' can"):

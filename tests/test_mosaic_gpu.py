@@ -14,6 +14,7 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jflash
@@ -32,6 +33,24 @@ CASES = {
     "causal-offset-h80": (1, 64, 160, 1, 1, 80, BF16, {"is_causal": True, "q_offset": 128}),
     # H > 128: dK and dV split between the consumers, one dQ consumer.
     "causal-h256-split": (1, 70, 100, 2, 1, 256, BF16, {"is_causal": True}),
+    # Runtime positions: per-batch offsets and lengths (a fully padded batch row too).
+    "lengths-offset-causal": (3, 140, 200, 2, 1, 64, BF16, {
+        "is_causal": True, "q_offset": np.array([60, 0, 7], np.int32),
+        "query_seq_lengths": np.array([140, 77, 0], np.int32),
+        "key_value_seq_lengths": np.array([200, 130, 5], np.int32)}),
+    # Packing: segments that start mid-tile, a segment past the CTA boundary, and one
+    # tile-aligned boundary (full tiles in the lists); causal on top.
+    "segments-causal": (2, 256, 256, 2, 2, 64, F16, {
+        "is_causal": True,
+        "q_segment_ids": np.repeat(np.array([[0, 1, 2, 3], [4, 4, 5, 6]], np.int32),
+                                   np.array([37, 91, 64, 64]), axis=1)}),
+    # Different query and key packings (cross-attention), with lengths and a window.
+    "segments-cross-window": (1, 100, 300, 2, 1, 96, BF16, {
+        "local_window_size": (150, 120),
+        "q_segment_ids": np.repeat(np.array([[1, 2, 3]], np.int32), [30, 50, 20], axis=1),
+        "kv_segment_ids": np.repeat(np.array([[1, 2, 9, 3]], np.int32), [90, 100, 50, 60],
+                                    axis=1),
+        "key_value_seq_lengths": np.array([280], np.int32)}),
 }
 GPU_CASES = {
     "causal-h64-1000": (2, 1000, 1000, 4, 2, 64, BF16, {"is_causal": True}),
@@ -42,6 +61,14 @@ GPU_CASES = {
     "window-h256-softcap": (1, 1024, 1024, 2, 2, 256, F16,
                             {"local_window_size": (300, 0), "logits_soft_cap": 20.0}),
     "causal-h32-padded": (1, 512, 512, 2, 1, 32, BF16, {"is_causal": True}),
+    "segments-h128-lengths": (2, 2048, 2048, 4, 2, 128, BF16, {
+        "is_causal": True,
+        "q_segment_ids": np.repeat(np.array([[0, 1, 2, 3], [4, 5, 6, 7]], np.int32),
+                                   np.array([300, 1000, 700, 48]), axis=1),
+        "query_seq_lengths": np.array([2048, 1500], np.int32)}),
+    "offset-h256-lengths": (2, 700, 1024, 2, 2, 256, F16, {
+        "is_causal": True, "q_offset": np.array([324, 0], np.int32),
+        "key_value_seq_lengths": np.array([1024, 600], np.int32)}),
 }
 
 
@@ -58,30 +85,39 @@ def _race_detector():
   assert not races_found(), "interpret mode found a race"
 
 
-def _oracle(q, k, v, do, kwargs):
+def _mask_kwargs(kwargs):
+  return {key: kwargs[key] for key in (
+      "is_causal", "local_window_size", "q_offset", "logits_soft_cap", "query_seq_lengths",
+      "key_value_seq_lengths", "q_segment_ids", "kv_segment_ids") if key in kwargs}
+
+
+def _oracle(q, k, v, do, d_lse, kwargs):
   f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-  mask_kwargs = {key: kwargs[key] for key in ("is_causal", "local_window_size", "q_offset",
-                                              "logits_soft_cap") if key in kwargs}
-  f = lambda *a: dense_attention(*a, scale=q.shape[-1] ** -0.5, **mask_kwargs)
+  f = lambda *a: dense_attention(*a, scale=q.shape[-1] ** -0.5, **_mask_kwargs(kwargs))
   (out, lse), vjp = jax.vjp(f, *f32)
-  return out, lse, vjp((do.astype(jnp.float32), jnp.zeros_like(lse)))
+  return out, lse, vjp((do.astype(jnp.float32), d_lse))
 
 
-def _attention(q, k, v, do, kwargs, implementation, interpret=False):
+def _attention(q, k, v, do, d_lse, kwargs, implementation, interpret=False):
   f = jax.jit(lambda *a: jflash.attention(*a, implementation=implementation,
                                            interpret=interpret, return_lse=True, **kwargs))
   (out, lse), vjp = jax.vjp(f, q, k, v)
-  return out, lse, vjp((do, jnp.zeros_like(lse)))
+  return out, lse, vjp((do, d_lse))
 
 
 def _check(case, seed=0):
   b, t, s, n, kv_heads, h, dtype, kwargs = case
   q, k, v, do = random_inputs(seed, b, t, s, n, kv_heads, h, dtype)
-  out_ref, lse_ref, grads_ref = _oracle(q, k, v, do, kwargs)
+  # An lse cotangent too (as a loss on lse would give), on the rows that see a key.
+  _, lse_ref = dense_attention(*(x.astype(jnp.float32) for x in (q, k, v)),
+                               scale=h ** -0.5, **_mask_kwargs(kwargs))
+  d_lse = jnp.where(jnp.isfinite(lse_ref),
+                    jax.random.normal(jax.random.PRNGKey(seed + 1), lse_ref.shape), 0.0)
+  out_ref, lse_ref, grads_ref = _oracle(q, k, v, do, d_lse, kwargs)
   # The criterion's yardstick: the xla backend in the same dtype (jax.nn has no window
   # with q_offset nor soft-cap), which rounds like jax.nn (tests/test_numerics.py).
-  out_x, _, grads_x = _attention(q, k, v, do, kwargs, "xla")
-  out, lse, grads = _attention(q, k, v, do, kwargs, "mosaic_gpu", interpret=not ON_GPU)
+  out_x, _, grads_x = _attention(q, k, v, do, d_lse, kwargs, "xla")
+  out, lse, grads = _attention(q, k, v, do, d_lse, kwargs, "mosaic_gpu", interpret=not ON_GPU)
   chex.assert_trees_all_equal_shapes_and_dtypes((out, grads), (q, (q, k, v)))
   assert_within_criterion("out", max_err(out, out_ref), max_err(out_x, out_ref))
   finite = jnp.isfinite(lse_ref)
@@ -157,10 +193,9 @@ def test_bitwise_deterministic():
 
 def test_unsupported_variant_names_triton():
   q, k, v, _ = random_inputs(0, 1, 64, 64, 2, 1, 64, BF16)
-  ids = jnp.zeros((1, 64), jnp.int32)
-  with pytest.raises(NotImplementedError, match="q_segment_ids.*implementation='triton'"):
-    jflash.attention(q, k, v, q_segment_ids=ids, implementation="mosaic_gpu",
-                     interpret=not HOPPER)
+  bias = jnp.zeros((1, 2, 64, 64), jnp.float32)
+  with pytest.raises(NotImplementedError, match="bias.*implementation='triton'"):
+    jflash.attention(q, k, v, bias=bias, implementation="mosaic_gpu", interpret=not HOPPER)
   with pytest.raises(NotImplementedError, match="float32.*implementation='triton'"):
     jflash.attention(*(x.astype(jnp.float32) for x in (q, k, v)), implementation="mosaic_gpu",
                      interpret=not HOPPER)

@@ -3,8 +3,9 @@
 FlashAttention-3's structure (Shah et al. 2024): warp-specialised TMA producer, two
 consumer warpgroups taking turns on wgmma, a two-kernel deterministic backward. It
 serves bfloat16/float16 inputs with H <= 256 (64, 96, 128, 192, 256 natively, others
-zero-padded), any T and S, GQA, causal, windows, a static ``q_offset`` and soft-cap;
-anything else goes to ``"triton"`` (with ``implementation=None``) or raises naming it.
+zero-padded), any T and S, GQA, causal, windows, ``q_offset`` (static or per batch
+element), query and key lengths, segment ids and soft-cap; anything else goes to
+``"triton"`` (with ``implementation=None``) or raises naming it.
 The kernel modules are imported only when a call runs them.
 """
 
@@ -48,11 +49,9 @@ class MosaicGpuBackend(backends.Backend):
     if problem.head_dim > MAX_HEAD_DIM:
       return f"head dim H={problem.head_dim} > {MAX_HEAD_DIM}"
     missing = [name for name, used in (
-        ("q_segment_ids", spec.segment_ids), ("mask", spec.dense_mask),
-        ("a mask object", spec.mask_object is not None),
-        ("query_seq_lengths", spec.q_lengths), ("key_value_seq_lengths", spec.kv_lengths),
-        ("a runtime q_offset", spec.dynamic_offset), ("bias", mod.bias),
-        ("alibi_slopes", mod.alibi), ("dropout", mod.dropout_rate > 0)) if used]
+        ("mask", spec.dense_mask), ("a mask object", spec.mask_object is not None),
+        ("bias", mod.bias), ("alibi_slopes", mod.alibi),
+        ("dropout", mod.dropout_rate > 0)) if used]
     if missing:
       return f"it does not implement {', '.join(missing)} yet"
     return None
@@ -64,16 +63,14 @@ class MosaicGpuBackend(backends.Backend):
     check_fits(config, problem.head_dim, problem.dtype)
 
   def forward(self, q, k, v, operands, *, scale, spec, score_mod, config, interpret):
-    del operands  # none of the variants it serves has runtime operands
     from jflash.kernels.mosaic_gpu import forward as kernels  # pylint: disable=g-import-not-at-top
-    return kernels.forward(q, k, v, scale=scale, spec=spec, score_mod=score_mod,
+    return kernels.forward(q, k, v, operands, scale=scale, spec=spec, score_mod=score_mod,
                            config=config, interpret=interpret)
 
   def backward(self, q, k, v, operands, lse, delta, do, *, scale, spec, score_mod, config,
                interpret):
-    del operands
     from jflash.kernels.mosaic_gpu import backward as kernels  # pylint: disable=g-import-not-at-top
-    dq, dk, dv = kernels.backward(q, k, v, lse, delta, do, scale=scale, spec=spec,
+    dq, dk, dv = kernels.backward(q, k, v, lse, delta, do, operands, scale=scale, spec=spec,
                                   score_mod=score_mod, config=config, interpret=interpret)
     return dq, dk, dv, None
 

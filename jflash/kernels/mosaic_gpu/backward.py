@@ -31,8 +31,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from jflash import masks
-from jflash.kernels.mosaic_gpu import common
+from jflash.backends import Operands
+from jflash.kernels.mosaic_gpu import common, variants
 from jflash.kernels.mosaic_gpu.config import SMEM_BYTES, MosaicGpuConfig, dq_smem_bytes, kernel_head_dim
 from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
@@ -98,19 +98,22 @@ def _store_own(pairs):
   plgpu.wait_smem_to_gmem(0)
 
 
-def _dq_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q: int,
+def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q: int,
                block_kv: int, stages: int, groups: int, interpretable: bool, consumers: int):
   # q, do, dq: [B, Tp, N, H]; lse2, delta: [B, N, Tp]; k, v: [B, Sp, K, H]; interpretable
-  # form: kt, vt [B, K, H, Sp] (Kᵀ, Vᵀ) instead of v.
+  # form: kt, vt [B, K, H, Sp] (Kᵀ, Vᵀ) instead of v; then the variants' inputs (`names`).
   n_in = 7 if interpretable else 6
   q_ref, do_ref, lse_ref, delta_ref, *kv_refs = refs[:n_in]
-  dq_ref, own, own_bars, bufs, full, free, ds_smem = refs[n_in:]
+  ex, rest = variants.split(refs[n_in:], names)
+  dq_ref, own, own_bars, bufs, full, free, ds_smem = rest
   q_smem, do_smem, lse_smem, delta_smem = own
   i, head, b = lax.axis_index("q"), lax.axis_index("heads"), lax.axis_index("batch")
   wg = lax.axis_index("wg")
   cta_start = i * (consumers * block_q)
-  cta = spec.kv_tiles(cta_start, consumers * block_q, block_kv)
-  stream = common.Stream(bufs, full, free, common.Ring(stages, cta.lo))
+  pos = ex.positions(spec, b)
+  sched = variants.schedule_of(spec, ex, pos, b=b, row=i, start=cta_start,
+                               rows=consumers * block_q, cols=block_kv)
+  stream = common.Stream(bufs, full, free, common.Ring(stages, 0))
 
   @pl.when(wg < consumers)
   def _consumer():
@@ -126,9 +129,10 @@ def _dq_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q
     shape = (block_q, block_kv)
     q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
     kv_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
+    q_seg = (ex.segment_ids("q_seg", b, q_start, block_q, 0) if spec.segment_ids else None)
 
-    def step(j, dq, masked):
-      tiles, slot = stream.wait(j)
+    def step(e, j, dq, masked):
+      tiles, slot = stream.wait(e)
       if interpretable:
         k_tile, k_t, v_t = tiles
       else:
@@ -137,9 +141,14 @@ def _dq_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q
       s = _matmul(q_tile, k_t, shape)
       dp = _matmul(do_tile, v_t, shape)
       kv_pos = j * block_kv + kv_iota
+      visible = None
+      if masked:
+        kv_seg = (ex.segment_ids("kv_seg", b, j * block_kv, block_kv, 1)
+                  if spec.segment_ids else None)
+        visible = variants.visible(spec, pos, q_pos, kv_pos, q_seg, kv_seg, 0)
       p, dz = _probabilities(s, lse2, scale=scale, score_mod=score_mod,
-                             q_pos=q_pos + spec.q_offset, kv_pos=kv_pos, lse_dim=0,
-                             visible=spec.visible(q_pos, kv_pos) if masked else None)
+                             q_pos=q_pos + pos.offset, kv_pos=kv_pos, lse_dim=0,
+                             visible=visible)
       ds = _score_grads(p, dp, delta, dz, 0)
       dq = _accumulate(dq, ds.astype(q_ref.dtype), k_tile,
                        ds_smem.at[wg] if interpretable else None)
@@ -147,16 +156,14 @@ def _dq_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q
       return dq
 
     dq = plgpu.layout_cast(jnp.zeros(q_tile.shape, jnp.float32), WGMMA)
-    mine = common.clamp_tiles(spec.kv_tiles(q_start, block_q, block_kv), cta)
-    dq = common.fori(cta.lo, mine.lo, stream.skip, dq)
-    dq = masks.fold_tiles(mine, step, dq)
-    dq = common.fori(mine.hi, cta.hi, stream.skip, dq)
+    mine = variants.own_tiles(spec, sched, pos, q_start, block_q, block_kv)
+    dq = sched.consume(mine, step, stream.skip, dq)
     _store_own([((dq * scale).astype(q_ref.dtype), q_tile, dq_ref.at[b, rows, head])])
 
   kv_head = lax.div(head, jnp.int32(groups))
 
-  def sources(j):
-    rows = pl.ds(j * block_kv, block_kv)
+  def sources(e):
+    rows = pl.ds(sched.tile(e) * block_kv, block_kv)
     if interpretable:
       k_ref, kt_ref, vt_ref = kv_refs
       return (k_ref.at[b, rows, kv_head], kt_ref.at[b, kv_head, :, rows],
@@ -167,27 +174,31 @@ def _dq_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q
   @pl.when(wg == consumers)
   def _producer():
     plgpu.set_max_registers(24, action="decrease")
-    stream.produce(cta.lo, cta.hi, sources)
+    stream.produce(0, sched.count, sources)
 
 
-def _dkv_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q: int,
+def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q: int,
                 block_kv: int, stages: int, groups: int, interpretable: bool, split: bool):
   # k, v, dk, dv: [B, Sp, K, H]; q, do: [B, Tp, N, H]; lse2, delta: [B, N, Tp];
   # interpretable form: also qt, dot [B, N, H, Tp] (Qᵀ, dOᵀ). With `split` (H > 128,
   # where dK and dV of 64 rows do not both fit one warpgroup's registers) the two
-  # consumers share one key tile: consumer 0 accumulates dV, consumer 1 dK.
+  # consumers share one key tile: consumer 0 accumulates dV, consumer 1 dK. Then the
+  # variants' inputs (`names`).
   n_in = 8 if interpretable else 6
   k_ref, v_ref, q_ref, do_ref, *rest = refs[:n_in]
   qt_ref, dot_ref = rest[:2] if interpretable else (None, None)
   lse_ref, delta_ref = rest[-2:]
-  dk_ref, dv_ref, own, own_bars, bufs, full, free, p_smem, done = refs[n_in:]
+  ex, rest = variants.split(refs[n_in:], names)
+  dk_ref, dv_ref, own, own_bars, bufs, full, free, p_smem, done = rest
   k_smem, v_smem = own
   jc, kv_head, b = lax.axis_index("kv"), lax.axis_index("heads"), lax.axis_index("batch")
   wg = lax.axis_index("wg")
   rows_per_cta = block_kv if split else CONSUMERS * block_kv
   cta_start = jc * rows_per_cta
-  cta = spec.q_tiles(cta_start, rows_per_cta, block_q)
-  n = cta.hi - cta.lo  # query tiles per head
+  pos = ex.positions(spec, b)
+  sched = variants.schedule_of(spec, ex, pos, b=b, row=jc, start=cta_start, rows=rows_per_cta,
+                               cols=block_q, transpose=True)
+  n = sched.count  # query tiles per head
   stream = common.Stream(bufs, full, free, common.Ring(stages, 0))
 
   @pl.when(wg < CONSUMERS)
@@ -211,14 +222,14 @@ def _dkv_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_
     shape = (block_kv, block_q)
     kv_pos = kv_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
     q_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
-    mine = common.clamp_tiles(spec.q_tiles(kv_start, block_kv, block_q), cta)
+    mine = variants.own_tiles(spec, sched, pos, kv_start, block_kv, block_q, transpose=True)
     a_smem = p_smem.at[wg] if interpretable else None
+    kv_seg = (ex.segment_ids("kv_seg", b, kv_start, block_kv, 0) if spec.segment_ids else None)
 
     def one_head(g, carry, does_dk: bool, does_dv: bool):
-      base = g * n - cta.lo  # stream index of query tile i is base + i
 
-      def step(i, carry, masked):
-        tiles, slot = stream.wait(base + i)
+      def step(t, i, carry, masked):
+        tiles, slot = stream.wait(t)
         if interpretable:
           q_tile, do_tile, q_t, do_t, lse_tile, delta_tile = tiles
         else:
@@ -227,9 +238,14 @@ def _dkv_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_
         lse2 = plgpu.load(lse_tile, layout=WGMMA.reduce(0))
         s_t = _matmul(k_tile, q_t, shape)
         q_pos = i * block_q + q_iota
+        visible = None
+        if masked:
+          q_seg = (ex.segment_ids("q_seg", b, i * block_q, block_q, 1)
+                   if spec.segment_ids else None)
+          visible = variants.visible(spec, pos, q_pos, kv_pos, q_seg, kv_seg, 1)
         p_t, dz = _probabilities(s_t, lse2, scale=scale, score_mod=score_mod,
-                                 q_pos=q_pos + spec.q_offset, kv_pos=kv_pos, lse_dim=1,
-                                 visible=spec.visible(q_pos, kv_pos) if masked else None)
+                                 q_pos=q_pos + pos.offset, kv_pos=kv_pos, lse_dim=1,
+                                 visible=visible)
         out = []
         if does_dv:
           out.append(_accumulate(carry[len(out)], p_t.astype(q_ref.dtype), do_tile, a_smem))
@@ -241,10 +257,7 @@ def _dkv_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_
         stream.release(slot)
         return tuple(out)
 
-      skip = lambda i, c: stream.skip(base + i, c)
-      carry = common.fori(cta.lo, mine.lo, skip, carry)
-      carry = masks.fold_tiles(mine, step, carry)
-      return common.fori(mine.hi, cta.hi, skip, carry)
+      return sched.consume(mine, step, stream.skip, carry, base=g * n)
 
     zeros = plgpu.layout_cast(jnp.zeros(k_tile.shape, jnp.float32), WGMMA)
     dk_out = (dk_ref.at[b, rows, kv_head], k_ref.dtype)
@@ -274,7 +287,7 @@ def _dkv_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_
 
   def sources(t):
     per_head = jnp.asarray(n, jnp.int32)
-    g, i = lax.div(t, per_head), cta.lo + lax.rem(t, per_head)
+    g, i = lax.div(t, per_head), sched.tile(lax.rem(t, per_head))
     head = kv_head * groups + g
     rows = pl.ds(i * block_q, block_q)
     tiles = [q_ref.at[b, rows, head], do_ref.at[b, rows, head]]
@@ -288,7 +301,7 @@ def _dkv_kernel(*refs, scale: float, spec: MaskSpec, score_mod: ScoreMod, block_
     stream.produce(0, groups * n, sources)
 
 
-def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, score_mod: ScoreMod,
+def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale: float, spec: MaskSpec, score_mod: ScoreMod,
              config: MosaicGpuConfig, interpret: bool = False,
              interpretable: bool | None = None):
   """Attention backward pass on a Hopper GPU (or Mosaic GPU interpret mode).
@@ -298,6 +311,7 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, score_mod
     lse: [B, T, N] float32 natural-log softmax normaliser from the forward pass, +inf on
       rows that see no key.
     delta: [B, T, N] float32, rowsum(do * out) minus dL/dlse.
+    operands: the runtime operands of the variants (positions, segment ids).
     scale, spec, score_mod: as in the forward pass.
     config: `bwd_block_q`, `bwd_block_kv`, `bwd_num_stages` are used.
     interpret, interpretable: as in :func:`.forward.forward`.
@@ -338,8 +352,10 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, score_mod
                                    else [(rows_kv, dtype)])
   kv_in = (k, transposed(k), transposed(v)) if interpretable else (k, v)
   c = consumers_dq
+  extras, names = variants.inputs(spec, operands, batch=b, t_pad=t_pad, s_pad=s_pad,
+                                  rows=q_multiple, cols=block_kv)
   dq = plgpu.kernel(
-      functools.partial(_dq_kernel, consumers=c, **params),
+      functools.partial(_dq_kernel, consumers=c, names=names, **params),
       out_type=jax.ShapeDtypeStruct(q.shape, dtype),
       scratch_types=[
           (smem((c, *rows_q)), smem((c, *rows_q)), plgpu.SMEM((c, block_q), jnp.float32),
@@ -350,7 +366,7 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, score_mod
       ],
       grid=(t_pad // q_multiple, n, b), grid_names=("q", "heads", "batch"), num_threads=c + 1,
       kernel_name="jflash_mgpu_bwd_dq", **mosaic,
-  )(q, do, lse2, delta, *kv_in)
+  )(q, do, lse2, delta, *kv_in, *extras)
 
   q_tiles = [(rows_q, dtype)] * 2
   if interpretable:
@@ -358,8 +374,10 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, score_mod
   q_tiles += [((block_q,), jnp.float32)] * 2
   q_in = (q, do, transposed(q), transposed(do)) if interpretable else (q, do)
   own = 1 if split else CONSUMERS
+  extras, names = variants.inputs(spec, operands, batch=b, t_pad=t_pad, s_pad=s_pad,
+                                  rows=kv_multiple, cols=block_q, transpose=True)
   dk, dv = plgpu.kernel(
-      functools.partial(_dkv_kernel, split=split, **params),
+      functools.partial(_dkv_kernel, split=split, names=names, **params),
       out_type=[jax.ShapeDtypeStruct(k.shape, dtype)] * 2,
       scratch_types=[
           (smem((own, *rows_kv)), smem((own, *rows_kv))),
@@ -370,7 +388,7 @@ def backward(q, k, v, lse, delta, do, *, scale: float, spec: MaskSpec, score_mod
       ],
       grid=(s_pad // kv_multiple, kv_heads, b), grid_names=("kv", "heads", "batch"),
       num_threads=CONSUMERS + 1, kernel_name="jflash_mgpu_bwd_dkv", **mosaic,
-  )(k, v, q, do, *q_in[2:], lse2, delta)
+  )(k, v, q, do, *q_in[2:], lse2, delta, *extras)
   if interpret:
     common.check_races(dq, dk, dv)
   s_len = spec.kv_len

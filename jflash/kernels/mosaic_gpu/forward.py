@@ -11,10 +11,12 @@ FlashAttention-3 (Shah et al. 2024) layout: one CTA per 2 * ``block_q`` query ro
   wgmma tiles; a two-arrival "schedule" barrier makes them take turns on the tensor
   cores (ping-pong), so one's softmax overlaps the other's matrix multiplies.
 
-Positional masks (causal, window, ``q_offset``) bound each row's key tiles with
-:meth:`jflash.masks.MaskSpec.kv_tiles`; only the tiles that straddle the mask edge are
-masked. The two consumers' ranges differ near the diagonal: each walks the CTA's whole
-range so that every barrier phase is observed, and skips the tiles outside its own.
+Positional masks (causal, window, ``q_offset``, lengths; static or per batch element)
+bound each row's key tiles with :meth:`jflash.masks.MaskSpec.kv_tiles`; only the tiles
+that straddle the mask edge are masked. The two consumers' ranges differ near the
+diagonal: each walks the CTA's whole range so that every barrier phase is observed, and
+skips the tiles outside its own. With segment ids the CTA streams its tile list instead
+(:mod:`.variants`), full tiles first, and both consumers compute every listed tile.
 
 One body serves two forms. The native form reads Kᵀ through a transposed view of the
 key tile and feeds P to the PV wgmma from registers. The interpretable form, which
@@ -34,8 +36,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from jflash import masks
-from jflash.kernels.mosaic_gpu import common
+from jflash.backends import Operands
+from jflash.kernels.mosaic_gpu import common, variants
 from jflash.kernels.mosaic_gpu.config import MosaicGpuConfig
 from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
@@ -45,19 +47,25 @@ LN2 = math.log(2.0)
 CONSUMERS = 2  # consumer warpgroups per CTA; the producer is warpgroup CONSUMERS
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem,
-                    p_smem, q_full, k_full, v_full, k_free, v_free, turn, *, scale: float,
-                    spec: MaskSpec, score_mod: ScoreMod, block_q: int, block_kv: int,
-                    stages: int, groups: int, num_q_ctas: int, interpretable: bool):
+def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
+                    score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
+                    num_q_ctas: int, interpretable: bool):
   # q_ref, out_ref: [B, Tp, N, H]; k_ref: [B, Sp, K, H] (native) or Kᵀ [B, K, H, Sp]
-  # (interpretable); v_ref: [B, Sp, K, H]; lse_ref: [B, N, Tp] float32.
+  # (interpretable); v_ref: [B, Sp, K, H]; lse_ref: [B, N, Tp] float32; the variants'
+  # extra inputs (`names`, see .variants) between v_ref and out_ref.
+  q_ref, k_ref, v_ref = refs[:3]
+  ex, rest = variants.split(refs[3:], names)
+  (out_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem, p_smem, q_full, k_full, v_full,
+   k_free, v_free, turn) = rest
   program = lax.axis_index("q")
   i = num_q_ctas - 1 - program if spec.is_causal else program  # longest rows first
   head, b = lax.axis_index("heads"), lax.axis_index("batch")
   wg = lax.axis_index("wg")
   cta_start = i * (CONSUMERS * block_q)
-  cta = spec.kv_tiles(cta_start, CONSUMERS * block_q, block_kv)
-  ring = common.Ring(stages, cta.lo)
+  pos = ex.positions(spec, b)
+  sched = variants.schedule_of(spec, ex, pos, b=b, row=i, start=cta_start,
+                               rows=CONSUMERS * block_q, cols=block_kv)
+  ring = common.Ring(stages, 0)  # slots by stream entry
 
   def sync_turn():  # both consumers reach this point
     plgpu.barrier_arrive(turn)
@@ -74,10 +82,16 @@ def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_sme
     shape = (block_q, block_kv)
     q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
     kv_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=plgpu.Layout.WGMMA)
+    q_seg = ex.segment_ids("q_seg", b, q_start, block_q, 0) if spec.segment_ids else None
 
-    def step(j, carry, masked):
+    def visible(j, kv_pos):
+      kv_seg = (ex.segment_ids("kv_seg", b, j * block_kv, block_kv, 1)
+                if spec.segment_ids else None)
+      return variants.visible(spec, pos, q_pos, kv_pos, q_seg, kv_seg, 0)
+
+    def step(e, j, carry, masked):
       acc, m, l = carry
-      slot = ring.slot(j)
+      slot = ring.slot(e)
       plgpu.barrier_wait(k_full.at[slot])
       k_t = k_smem.at[slot] if interpretable else k_smem.at[slot].T
 
@@ -90,9 +104,9 @@ def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_sme
       plgpu.barrier_arrive(k_free.at[slot])
       kv_pos = j * block_kv + kv_iota
       if score_mod.active:
-        s = score_mod.logits(s * scale, q_pos=q_pos + spec.q_offset, kv_pos=kv_pos) * LOG2E
+        s = score_mod.logits(s * scale, q_pos=q_pos + pos.offset, kv_pos=kv_pos) * LOG2E
       if masked:
-        s = jnp.where(spec.visible(q_pos, kv_pos), s, -jnp.inf)
+        s = jnp.where(visible(j, kv_pos), s, -jnp.inf)
       m_new = jnp.maximum(m, s.max(axis=1) * c)
       # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.
       m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
@@ -120,8 +134,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_sme
       plgpu.barrier_arrive(v_free.at[slot])
       return acc, m_new, l
 
-    def skip(j, carry):  # a tile of the CTA that this consumer's rows do not see
-      slot = ring.slot(j)
+    def skip(e, carry):  # a tile of the CTA that this consumer's rows do not see
+      slot = ring.slot(e)
       plgpu.barrier_wait(k_full.at[slot])
       sync_turn()
       plgpu.barrier_arrive(k_free.at[slot])
@@ -137,14 +151,15 @@ def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_sme
              plgpu.layout_cast(jnp.full((block_q,), -jnp.inf, jnp.float32), row),
              plgpu.layout_cast(jnp.zeros((block_q,), jnp.float32), row))
     pl.when(wg == 1)(sync_turn)  # consumer 1 starts half a step behind
-    mine = common.clamp_tiles(spec.kv_tiles(q_start, block_q, block_kv), cta)
-    carry = common.fori(cta.lo, mine.lo, skip, carry)
-    carry = masks.fold_tiles(mine, step, carry)
-    acc, m, l = common.fori(mine.hi, cta.hi, skip, carry)
+    mine = variants.own_tiles(spec, sched, pos, q_start, block_q, block_kv)
+    acc, m, l = sched.consume(mine, step, skip, carry)
     pl.when(wg == 0)(sync_turn)
 
-    empty = l == 0.0  # the row saw no key: out = 0 (acc is 0), lse = -inf
-    inv = 1.0 / jnp.where(empty, 1.0, l)
+    # A row that saw no key, or a padding row (q_lengths): out = 0, lse = -inf.
+    empty = l == 0.0
+    if spec.q_lengths:
+      empty = empty | (jnp.where(q_pos < pos.q_len, 1.0, 0.0).max(axis=1) == 0.0)
+    inv = jnp.where(empty, 0.0, 1.0 / jnp.where(empty, 1.0, l))
     q_tile[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(q_ref.dtype)
     lse_smem.at[wg][...] = jnp.where(empty, -jnp.inf, (m + jnp.log2(l)) * LN2)
     plgpu.commit_smem()
@@ -156,32 +171,35 @@ def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_sme
   def _producer():
     plgpu.set_max_registers(40, action="decrease")
     kv_head = lax.div(head, jnp.int32(groups))
+    count = sched.count
 
-    def load(j, _):
-      slot = ring.slot(j)
-      rows = pl.ds(j * block_kv, block_kv)
-      later = j - cta.lo >= stages  # the slot held tile j - stages: wait until it is free
+    def load(e, _):
+      slot = ring.slot(e)
+      rows = pl.ds(sched.tile(e) * block_kv, block_kv)
+      later = e >= stages  # the slot held entry e - stages: wait until it is free
       pl.when(later)(lambda: plgpu.barrier_wait(k_free.at[slot]))
       k_tile = k_ref.at[b, kv_head, :, rows] if interpretable else k_ref.at[b, rows, kv_head]
       plgpu.copy_gmem_to_smem(k_tile, k_smem.at[slot], k_full.at[slot])
       pl.when(later)(lambda: plgpu.barrier_wait(v_free.at[slot]))
       plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_head], v_smem.at[slot], v_full.at[slot])
 
-    common.fori(cta.lo, cta.hi, load, None)
+    common.fori(0, count, load, None)
 
-    def drain(j, _):  # observe the last frees too: every barrier phase is waited on
-      plgpu.barrier_wait(k_free.at[ring.slot(j)])
-      plgpu.barrier_wait(v_free.at[ring.slot(j)])
+    def drain(e, _):  # observe the last frees too: every barrier phase is waited on
+      plgpu.barrier_wait(k_free.at[ring.slot(e)])
+      plgpu.barrier_wait(v_free.at[ring.slot(e)])
 
-    common.fori(ring.drain_start(cta.hi), cta.hi, drain, None)
+    common.fori(ring.drain_start(count), count, drain, None)
 
 
-def forward(q, k, v, *, scale: float, spec: MaskSpec, score_mod: ScoreMod,
-            config: MosaicGpuConfig, interpret: bool = False, interpretable: bool | None = None):
+def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: MaskSpec,
+            score_mod: ScoreMod, config: MosaicGpuConfig, interpret: bool = False,
+            interpretable: bool | None = None):
   """Attention forward pass on a Hopper GPU (or Mosaic GPU interpret mode).
 
   Args:
     q: [B, T, N, H]; k, v: [B, S, K, H]; bfloat16 or float16, N % K == 0, H <= 256.
+    operands: the runtime operands of the variants (positions, segment ids).
     scale: multiplies q.k before the softmax.
     spec, score_mod: the mask and score modification (positional masks and soft-cap).
     config: `block_q`, `block_kv`, `num_stages` are used.
@@ -203,6 +221,8 @@ def forward(q, k, v, *, scale: float, spec: MaskSpec, score_mod: ScoreMod,
   num_q_ctas = t_pad // rows_per_cta
   if interpretable:
     k = jnp.transpose(k, (0, 2, 3, 1))  # Kᵀ [B, K, H, Sp]
+  extras, names = variants.inputs(spec, operands, batch=b, t_pad=t_pad, s_pad=s_pad,
+                                  rows=rows_per_cta, cols=block_kv)
   dtype = q.dtype
   smem = functools.partial(common.smem, dtype=dtype)
   scratch = [
@@ -219,7 +239,7 @@ def forward(q, k, v, *, scale: float, spec: MaskSpec, score_mod: ScoreMod,
       plgpu.Barrier(num_arrivals=CONSUMERS),
   ]
   kernel = functools.partial(
-      _forward_kernel, scale=scale, spec=spec, score_mod=score_mod, block_q=block_q,
+      _forward_kernel, names=names, scale=scale, spec=spec, score_mod=score_mod, block_q=block_q,
       block_kv=block_kv, stages=stages, groups=n // kv_heads, num_q_ctas=num_q_ctas,
       interpretable=interpretable)
   out, lse = plgpu.kernel(
@@ -234,7 +254,7 @@ def forward(q, k, v, *, scale: float, spec: MaskSpec, score_mod: ScoreMod,
       compiler_params=common.compiler_params(),
       interpret=common.interpret_params() if interpret else None,
       kernel_name="jflash_mgpu_fwd",
-  )(q, k, v)
+  )(q, k, v, *extras)
   if interpret:
     common.check_races(out, lse)
   return out[:, :t, :, :h], jnp.transpose(lse[:, :, :t], (0, 2, 1))

@@ -1,0 +1,170 @@
+"""The runtime operands of the variants, and the tiles a CTA streams (Mosaic GPU kernels).
+
+Each kernel takes its own inputs, then the extra inputs :func:`inputs` builds for the
+call's variants, in this order, each only when its variant is on:
+
+* ``pos``: [B, 3] int32 (q_offset, query length, key length), read as scalars;
+* ``q_seg``, ``kv_seg``: [B, Tp], [B, Sp] int32 segment ids (zero-padded to whole
+  tiles), loaded from global memory straight into the register layout of the scores;
+* ``count``, ``index``, ``full``: the CTAs' tile lists (:func:`jflash.schedule.tile_lists`
+  with the CTA's rows as one block row), [B, R], [B, R, C], [B, R].
+
+A CTA streams its tiles in one order that its producer and consumers share
+(:class:`Schedule`): the positional range ``[cta.lo, cta.hi)``, or, with segment ids,
+its tile list (full tiles first, then the masked ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from jflash import masks, schedule
+from jflash.backends import Operands
+from jflash.kernels.mosaic_gpu import common
+from jflash.masks import MaskSpec, Positions, TileRange
+
+Index = Any
+WGMMA = plgpu.Layout.WGMMA
+NAMES = ("pos", "q_seg", "kv_seg", "count", "index", "full")
+
+
+class Extras(NamedTuple):
+  """The extra refs of a kernel (None where a variant is off)."""
+
+  pos: Any = None
+  q_seg: Any = None
+  kv_seg: Any = None
+  count: Any = None
+  index: Any = None
+  full: Any = None
+
+  def positions(self, spec: MaskSpec, b) -> Positions:
+    """The positional mask values of batch element `b` (static ints where possible)."""
+    if self.pos is None:
+      return spec.positions()
+    return spec.positions(offset=self.pos[b, 0] if spec.dynamic_offset else None,
+                          q_len=self.pos[b, 1] if spec.q_lengths else None,
+                          kv_len=self.pos[b, 2] if spec.kv_lengths else None)
+
+  def segment_ids(self, ref_name: str, b, start, size: int, dim: int):
+    """Segment ids [start, start + size) of batch `b`, laid out along `dim` of a score tile."""
+    ref = getattr(self, ref_name)
+    return plgpu.load(ref.at[b, pl.ds(start, size)], layout=WGMMA.reduce(1 - dim),
+                      optimized=False)
+
+
+def split(refs, names) -> tuple[Extras, tuple[Any, ...]]:
+  """(Extras of the first len(names) refs, the refs after them)."""
+  return Extras(**dict(zip(names, refs))), tuple(refs[len(names):])
+
+
+def inputs(spec: MaskSpec, operands: Operands, *, batch: int, t_pad: int, s_pad: int,
+           rows: int, cols: int, transpose: bool = False) -> tuple[list[Any], tuple[str, ...]]:
+  """(arrays, names) of a kernel's extra inputs.
+
+  `rows` x `cols` is the kernel's tiling of the score matrix: a CTA's query rows by
+  the streamed key tiles (or, with `transpose`, a CTA's keys by the streamed query tiles).
+  """
+  arrays, names = [], []
+  positions = spec.batch_positions(operands.q_offset, operands.q_lengths, operands.kv_lengths)
+  if spec.dynamic_positions:
+    arrays.append(jnp.stack([jnp.broadcast_to(jnp.asarray(x, jnp.int32), (batch,))
+                             for x in positions], axis=1))
+    names.append("pos")
+  if spec.segment_ids:
+    for ids, length in ((operands.q_segment_ids, t_pad), (operands.kv_segment_ids, s_pad)):
+      arrays.append(jnp.pad(ids.astype(jnp.int32), ((0, 0), (0, length - ids.shape[1]))))
+    names += ["q_seg", "kv_seg"]
+  if spec.uses_tile_lists:
+    block_q, block_kv = (cols, rows) if transpose else (rows, cols)
+    arrays += list(schedule.tile_lists(
+        spec, block_q, block_kv, batch=batch, positions=positions,
+        q_segment_ids=operands.q_segment_ids, kv_segment_ids=operands.kv_segment_ids,
+        transpose=transpose))
+    names += ["count", "index", "full"]
+  return arrays, tuple(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """The tiles that one CTA streams, as stream entries 0, 1, ..., ``count - 1``.
+
+  Positional masks: tiles ``cta.lo + c``; each consumer computes the ones its own rows
+  see (``mine``) and lets the others pass. Tile lists: the list of the CTA's block row
+  `row`; every consumer computes every entry, the first ``full`` unmasked.
+  """
+
+  cta: TileRange | None = None
+  ex: Extras | None = None
+  b: Index = 0
+  row: Index = 0
+
+  @property
+  def listed(self) -> bool:
+    return self.cta is None
+
+  @property
+  def count(self) -> Index:
+    if self.listed:
+      return self.ex.count[self.b, self.row]
+    return self.cta.hi - self.cta.lo
+
+  def tile(self, c: Index) -> Index:
+    """The tile index of stream entry c."""
+    if self.listed:
+      return self.ex.index[self.b, self.row, c]
+    return self.cta.lo + c
+
+  def consume(self, mine: TileRange | None, step: Callable[..., Any],
+              skip: Callable[[Index, Any], Any], carry: Any, base: Index = 0) -> Any:
+    """Consumer: ``carry = step(base + c, tile, carry, masked=...)`` on the entries it
+    computes and ``carry = skip(base + c, carry)`` on the others, in stream order."""
+    if self.listed:
+      full = self.ex.full[self.b, self.row]
+
+      def run(masked):
+        return lambda c, carry: step(base + c, self.tile(c), carry, masked=masked)
+
+      carry = common.fori(0, full, run(False), carry)
+      return common.fori(full, self.count, run(True), carry)
+    lo = self.cta.lo
+    shifted = lambda c, carry: skip(base + c, carry)
+    carry = common.fori(0, mine.lo - lo, shifted, carry)
+    carry = masks.fold_tiles(mine, lambda j, carry, masked: step(
+        base + j - lo, j, carry, masked=masked), carry)
+    return common.fori(mine.hi - lo, self.cta.hi - lo, shifted, carry)
+
+
+def schedule_of(spec: MaskSpec, ex: Extras, pos: Positions, *, b, row, start: Index,
+                rows: int, cols: int, transpose: bool = False) -> Schedule:
+  """The Schedule of the CTA at block row `row` (first row `start`, `rows` rows)."""
+  if spec.uses_tile_lists:
+    return Schedule(ex=ex, b=b, row=row)
+  tiles = spec.q_tiles if transpose else spec.kv_tiles
+  return Schedule(cta=tiles(start, rows, cols, pos))
+
+
+def own_tiles(spec: MaskSpec, sched: Schedule, pos: Positions, start: Index, rows: int,
+              cols: int, transpose: bool = False) -> TileRange | None:
+  """The tiles a consumer of `rows` rows from `start` computes (positional schedules)."""
+  if sched.listed:
+    return None
+  tiles = spec.q_tiles if transpose else spec.kv_tiles
+  return common.clamp_tiles(tiles(start, rows, cols, pos), sched.cta)
+
+
+def visible(spec, pos, q_pos, kv_pos, q_seg, kv_seg, q_dim):
+  """What a masked tile shows: the positional mask and, with segment ids (q_seg, kv_seg
+  1-D, along dims `q_dim` and 1 - `q_dim` of the tile), equal ids only."""
+  vis = spec.visible(q_pos, kv_pos, pos)
+  if q_seg is None:
+    return vis
+  shape = q_pos.shape
+  return vis & (lax.broadcast_in_dim(q_seg, shape, [q_dim])
+                == lax.broadcast_in_dim(kv_seg, shape, [1 - q_dim]))
