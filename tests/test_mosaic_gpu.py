@@ -98,14 +98,14 @@ def _oracle(q, k, v, do, d_lse, kwargs):
   return out, lse, vjp((do.astype(jnp.float32), d_lse))
 
 
-def _attention(q, k, v, do, d_lse, kwargs, implementation, interpret=False):
-  f = jax.jit(lambda *a: jflash.attention(*a, implementation=implementation,
+def _attention(q, k, v, do, d_lse, kwargs, implementation, interpret=False, config=None):
+  f = jax.jit(lambda *a: jflash.attention(*a, implementation=implementation, config=config,
                                            interpret=interpret, return_lse=True, **kwargs))
   (out, lse), vjp = jax.vjp(f, q, k, v)
   return out, lse, vjp((do, d_lse))
 
 
-def _check(case, seed=0):
+def _check(case, seed=0, config=None):
   b, t, s, n, kv_heads, h, dtype, kwargs = case
   q, k, v, do = random_inputs(seed, b, t, s, n, kv_heads, h, dtype)
   # An lse cotangent too (as a loss on lse would give), on the rows that see a key.
@@ -117,7 +117,8 @@ def _check(case, seed=0):
   # The criterion's yardstick: the xla backend in the same dtype (jax.nn has no window
   # with q_offset nor soft-cap), which rounds like jax.nn (tests/test_numerics.py).
   out_x, _, grads_x = _attention(q, k, v, do, d_lse, kwargs, "xla")
-  out, lse, grads = _attention(q, k, v, do, d_lse, kwargs, "mosaic_gpu", interpret=not ON_GPU)
+  out, lse, grads = _attention(q, k, v, do, d_lse, kwargs, "mosaic_gpu", interpret=not ON_GPU,
+                               config=config)
   chex.assert_trees_all_equal_shapes_and_dtypes((out, grads), (q, (q, k, v)))
   assert_within_criterion("out", max_err(out, out_ref), max_err(out_x, out_ref))
   finite = jnp.isfinite(lse_ref)
@@ -131,6 +132,12 @@ def _check(case, seed=0):
 @pytest.mark.parametrize("name", CASES)
 def test_against_oracle(name):
   _check(CASES[name])
+
+
+@needs_hopper
+def test_one_cta_per_work_item():
+  """The forward's non-persistent launch (the default is one CTA per SM over all items)."""
+  _check(CASES["lengths-offset-causal"], config=jflash.MosaicGpuConfig(persistent=False))
 
 
 @pytest.mark.gpu

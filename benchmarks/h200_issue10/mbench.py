@@ -22,9 +22,10 @@ for h, t, c in grid:
       att = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
     else:
       cfg = None
-      if "/" in impl:  # mosaic_gpu/bq/bkv/stages/bbq/bbkv/bst
+      if "/" in impl:  # mosaic_gpu/bq/bkv/stages/bbq/bbkv/bst[/persistent 0|1]
         impl, *nums = impl.split("/")
-        cfg = jflash.MosaicGpuConfig(*map(int, nums))
+        nums = [int(x) for x in nums]
+        cfg = jflash.MosaicGpuConfig(*nums[:6], *map(bool, nums[6:]))  # 7th: persistent
       att = lambda q, k, v, impl=impl, cfg=cfg: jflash.attention(q, k, v, is_causal=causal, implementation=impl, config=cfg)
     fwd = jax.jit(att)
     fb = jax.jit(lambda q, k, v, do: jax.vjp(att, q, k, v)[1](do))

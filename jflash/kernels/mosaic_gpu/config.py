@@ -16,9 +16,11 @@ HEAD_DIMS = (64, 96, 128, 192, 256)
 class MosaicGpuConfig:
   """Tiles of the Mosaic GPU kernels (FlashAttention-3 layout, Shah et al. 2024).
 
-  The forward runs one CTA per 2 * `block_q` query rows: two consumer warpgroups of
+  The forward works on 2 * `block_q` query rows at a time: two consumer warpgroups of
   `block_q` rows each and a producer warpgroup streaming key/value tiles of `block_kv`
-  rows through a ring of `num_stages` shared-memory slots (TMA).
+  rows through a ring of `num_stages` shared-memory slots (TMA). With `persistent`, one
+  CTA per SM runs such work items one after the other: the ring runs on across items
+  and the next item's queries load during the current one (where shared memory allows).
 
   Attributes:
     block_q: query rows per consumer warpgroup in the forward (a multiple of 64).
@@ -27,6 +29,8 @@ class MosaicGpuConfig:
     bwd_block_q: query rows per tile in the backward (a multiple of 64).
     bwd_block_kv: key rows per tile in the backward (a multiple of 64).
     bwd_num_stages: ring depth of the backward kernels (>= 2).
+    persistent: the forward runs one CTA per SM over all work items (else one CTA per
+      item).
   """
 
   block_q: int = 64
@@ -35,6 +39,7 @@ class MosaicGpuConfig:
   bwd_block_q: int = 64
   bwd_block_kv: int = 64
   bwd_num_stages: int = 2
+  persistent: bool = True
 
   def __post_init__(self):
     for name in ("block_q", "block_kv", "bwd_block_q", "bwd_block_kv"):
@@ -45,6 +50,8 @@ class MosaicGpuConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 2:
         raise ValueError(f"MosaicGpuConfig.{name}={value!r} must be an int >= 2")
+    if not isinstance(self.persistent, bool):
+      raise ValueError(f"MosaicGpuConfig.persistent={self.persistent!r} must be a bool")
 
 
 def kernel_head_dim(head_dim: int) -> int:
@@ -65,13 +72,20 @@ def swizzle_bytes(minor: int, dtype) -> int:
 
 
 def forward_smem_bytes(config: MosaicGpuConfig, head_dim: int, itemsize: int,
-                       interpret_form: bool) -> int:
-  """Shared memory the forward kernel asks for, in bytes."""
-  q = 2 * config.block_q * head_dim * itemsize
+                       interpret_form: bool, q_bufs: int = 1) -> int:
+  """Shared memory the forward kernel asks for, in bytes (`q_bufs` query tile buffers)."""
+  q = q_bufs * 2 * config.block_q * head_dim * itemsize
   kv = 2 * config.num_stages * config.block_kv * head_dim * itemsize
   lse = 2 * config.block_q * 4
   p = 2 * config.block_q * config.block_kv * itemsize if interpret_form else 0
   return q + kv + lse + p + 4096  # barriers and alignment (measured: ~2 KiB)
+
+
+def forward_q_buffers(config: MosaicGpuConfig, head_dim: int, itemsize: int) -> int:
+  """Query tile buffers of the native forward: 2 (prefetch the next item's) if they fit."""
+  if config.persistent and forward_smem_bytes(config, head_dim, itemsize, False, 2) <= SMEM_BYTES:
+    return 2
+  return 1
 
 
 def dq_smem_bytes(consumers: int, block_q: int, block_kv: int, stages: int, head_dim: int,

@@ -38,7 +38,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jflash.backends import Operands
 from jflash.kernels.mosaic_gpu import common, variants
-from jflash.kernels.mosaic_gpu.config import MosaicGpuConfig
+from jflash.kernels.mosaic_gpu.config import MosaicGpuConfig, forward_q_buffers
 from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
 
@@ -47,9 +47,25 @@ LN2 = math.log(2.0)
 CONSUMERS = 2  # consumer warpgroups per CTA; the producer is warpgroup CONSUMERS
 
 
+def _work_item(w, *, num_q_ctas: int, heads: int, batch: int, causal: bool):
+  """(query CTA row i, head, batch) of work item `w`.
+
+  Causal: longest rows first (i descending, the slowest axis), so that the persistent
+  CTAs' last items are the short ones. Otherwise the query rows of one (batch, head)
+  are consecutive items, which run at the same time and share its K/V in L2.
+  """
+  if causal:
+    per_row = heads * batch
+    rest = lax.rem(w, per_row)
+    return num_q_ctas - 1 - lax.div(w, per_row), lax.rem(rest, heads), lax.div(rest, heads)
+  per_head = jnp.int32(num_q_ctas)
+  bh = lax.div(w, per_head)
+  return lax.rem(w, per_head), lax.rem(bh, heads), lax.div(bh, heads)
+
+
 def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                     score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
-                    num_q_ctas: int, interpretable: bool):
+                    num_q_ctas: int, heads: int, batch: int, q_bufs: int, interpretable: bool):
   # q_ref, out_ref: [B, Tp, N, H]; k_ref: [B, Sp, K, H] (native) or Kᵀ [B, K, H, Sp]
   # (interpretable); v_ref: [B, Sp, K, H]; lse_ref: [B, N, Tp] float32; the variants'
   # extra inputs (`names`, see .variants) between v_ref and out_ref.
@@ -57,15 +73,23 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   ex, rest = variants.split(refs[3:], names)
   (out_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem, p_smem, q_full, k_full, v_full,
    k_free, v_free, turn) = rest
-  program = lax.axis_index("q")
-  i = num_q_ctas - 1 - program if spec.is_causal else program  # longest rows first
-  head, b = lax.axis_index("heads"), lax.axis_index("batch")
+  # Persistent: CTA c runs work items c, c + ctas, ... (one each when ctas = items).
+  cta, ctas = lax.axis_index("cta"), lax.axis_size("cta")
+  num_items = num_q_ctas * heads * batch
+  local_items = lax.div(num_items - cta + ctas - 1, ctas)
   wg = lax.axis_index("wg")
-  cta_start = i * (CONSUMERS * block_q)
-  pos = ex.positions(spec, b)
-  sched = variants.schedule_of(spec, ex, pos, b=b, row=i, start=cta_start,
-                               rows=CONSUMERS * block_q, cols=block_kv)
-  ring = common.Ring(stages, 0)  # slots by stream entry
+  ring = common.Ring(stages, 0)  # slots by stream entry, counted over all the CTA's items
+  rows_per_cta = CONSUMERS * block_q
+
+  def item(k):
+    """(i, head, b, first query row, mask positions, schedule) of local item k."""
+    i, head, b = _work_item(cta + k * ctas, num_q_ctas=num_q_ctas, heads=heads, batch=batch,
+                            causal=spec.is_causal)
+    pos = ex.positions(spec, b)
+    start = i * rows_per_cta
+    sched = variants.schedule_of(spec, ex, pos, b=b, row=i, start=start, rows=rows_per_cta,
+                                 cols=block_kv)
+    return head, b, start, pos, sched
 
   def sync_turn():  # both consumers reach this point
     plgpu.barrier_arrive(turn)
@@ -74,122 +98,163 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   @pl.when(wg < CONSUMERS)
   def _consumer():
     plgpu.set_max_registers(232, action="increase")
-    q_start = cta_start + wg * block_q
-    q_tile = q_smem.at[wg]
-    plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q_start, block_q), head], q_tile, q_full.at[wg])
-    plgpu.barrier_wait(q_full.at[wg])
-    c = 1.0 if score_mod.active else scale * LOG2E  # logits -> base-2 exponents
-    shape = (block_q, block_kv)
-    q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
-    kv_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=plgpu.Layout.WGMMA)
-    q_seg = ex.segment_ids("q_seg", b, q_start, block_q, 0) if spec.segment_ids else None
 
-    def visible(j, kv_pos):
-      kv_seg = (ex.segment_ids("kv_seg", b, j * block_kv, block_kv, 1)
-                if spec.segment_ids else None)
-      return variants.visible(spec, pos, q_pos, kv_pos, q_seg, kv_seg, 0)
+    def load_q(k):  # TMA of local item k's query tile into its buffer
+      head, b, start, _, _ = item(k)
+      buf = lax.rem(k, jnp.int32(q_bufs))
+      plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(start + wg * block_q, block_q), head],
+                              q_smem.at[buf, wg], q_full.at[buf * CONSUMERS + wg])
 
-    def step(e, j, carry, masked):
-      acc, m, l = carry
-      slot = ring.slot(e)
-      plgpu.barrier_wait(k_full.at[slot])
-      k_t = k_smem.at[slot] if interpretable else k_smem.at[slot].T
+    load_q(0)  # every CTA has an item (ctas <= items)
 
-      def qk(acc_ref):
-        plgpu.wgmma(acc_ref, q_tile, k_t)
-        sync_turn()  # my QKᵀ is issued: the other consumer's PV may go
-        return acc_ref[...]
+    def attend(q_tile, q_start, pos, sched, base, b):
+      """Online softmax over this item's stream entries (entries base, base + 1, ...
+      of the CTA's stream): (acc, m, l, q_pos), acc unnormalised, m in base-2 units."""
+      c = 1.0 if score_mod.active else scale * LOG2E  # logits -> base-2 exponents
+      shape = (block_q, block_kv)
+      q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
+      kv_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=plgpu.Layout.WGMMA)
+      q_seg = ex.segment_ids("q_seg", b, q_start, block_q, 0) if spec.segment_ids else None
 
-      s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32))
-      plgpu.barrier_arrive(k_free.at[slot])
-      kv_pos = j * block_kv + kv_iota
-      if score_mod.active:
-        s = score_mod.logits(s * scale, q_pos=q_pos + pos.offset, kv_pos=kv_pos) * LOG2E
-      if masked:
-        s = jnp.where(visible(j, kv_pos), s, -jnp.inf)
-      m_new = jnp.maximum(m, s.max(axis=1) * c)
-      # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.
-      m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
-      alpha = jnp.exp2(m - m_use)
-      p = jnp.exp2(s * c - lax.broadcast_in_dim(m_use, shape, [0]))
-      l = l * alpha + p.sum(axis=1)
-      acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-      p = p.astype(q_ref.dtype)
-      plgpu.barrier_arrive(turn)  # softmax done
-      plgpu.barrier_wait(v_full.at[slot])
-      plgpu.barrier_wait(turn)  # the tensor cores are mine
-      if interpretable:
-        p_tile = p_smem.at[wg]
-        p_tile[...] = p
-        plgpu.commit_smem()
+      def visible(j, kv_pos):
+        kv_seg = (ex.segment_ids("kv_seg", b, j * block_kv, block_kv, 1)
+                  if spec.segment_ids else None)
+        return variants.visible(spec, pos, q_pos, kv_pos, q_seg, kv_seg, 0)
 
-        def pv(acc_ref):
-          plgpu.wgmma(acc_ref, p_tile, v_smem.at[slot])
+      def step(e, j, carry, masked):
+        acc, m, l = carry
+        slot = ring.slot(e)
+        plgpu.barrier_wait(k_full.at[slot])
+        k_t = k_smem.at[slot] if interpretable else k_smem.at[slot].T
+
+        def qk(acc_ref):
+          plgpu.wgmma(acc_ref, q_tile, k_t)
+          sync_turn()  # my QKᵀ is issued: the other consumer's PV may go
           return acc_ref[...]
 
-        acc = acc + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32))
-      else:
-        acc = pl.run_state(lambda acc_ref: plgpu.wgmma(acc_ref, p, v_smem.at[slot]))(
-            plgpu.ACC.init(acc))
-      plgpu.barrier_arrive(v_free.at[slot])
-      return acc, m_new, l
+        s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32))
+        plgpu.barrier_arrive(k_free.at[slot])
+        kv_pos = j * block_kv + kv_iota
+        if score_mod.active:
+          s = score_mod.logits(s * scale, q_pos=q_pos + pos.offset, kv_pos=kv_pos) * LOG2E
+        if masked:
+          s = jnp.where(visible(j, kv_pos), s, -jnp.inf)
+        m_new = jnp.maximum(m, s.max(axis=1) * c)
+        # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.
+        m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
+        alpha = jnp.exp2(m - m_use)
+        p = jnp.exp2(s * c - lax.broadcast_in_dim(m_use, shape, [0]))
+        l = l * alpha + p.sum(axis=1)
+        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+        p = p.astype(q_ref.dtype)
+        plgpu.barrier_arrive(turn)  # softmax done
+        plgpu.barrier_wait(v_full.at[slot])
+        plgpu.barrier_wait(turn)  # the tensor cores are mine
+        if interpretable:
+          p_tile = p_smem.at[wg]
+          p_tile[...] = p
+          plgpu.commit_smem()
 
-    def skip(e, carry):  # a tile of the CTA that this consumer's rows do not see
-      slot = ring.slot(e)
-      plgpu.barrier_wait(k_full.at[slot])
-      sync_turn()
-      plgpu.barrier_arrive(k_free.at[slot])
-      plgpu.barrier_arrive(turn)
-      plgpu.barrier_wait(v_full.at[slot])
-      plgpu.barrier_wait(turn)
-      plgpu.barrier_arrive(v_free.at[slot])
-      return carry
+          def pv(acc_ref):
+            plgpu.wgmma(acc_ref, p_tile, v_smem.at[slot])
+            return acc_ref[...]
 
-    head_dim = q_ref.shape[-1]
-    row = plgpu.Layout.WGMMA.reduce(1)
-    carry = (plgpu.layout_cast(jnp.zeros((block_q, head_dim), jnp.float32), plgpu.Layout.WGMMA),
-             plgpu.layout_cast(jnp.full((block_q,), -jnp.inf, jnp.float32), row),
-             plgpu.layout_cast(jnp.zeros((block_q,), jnp.float32), row))
-    pl.when(wg == 1)(sync_turn)  # consumer 1 starts half a step behind
-    mine = variants.own_tiles(spec, sched, pos, q_start, block_q, block_kv)
-    acc, m, l = sched.consume(mine, step, skip, carry)
-    pl.when(wg == 0)(sync_turn)
+          acc = acc + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32))
+        else:
+          acc = pl.run_state(lambda acc_ref: plgpu.wgmma(acc_ref, p, v_smem.at[slot]))(
+              plgpu.ACC.init(acc))
+        plgpu.barrier_arrive(v_free.at[slot])
+        return acc, m_new, l
 
-    # A row that saw no key, or a padding row (q_lengths): out = 0, lse = -inf.
-    empty = l == 0.0
-    if spec.q_lengths:
-      empty = empty | (jnp.where(q_pos < pos.q_len, 1.0, 0.0).max(axis=1) == 0.0)
-    inv = jnp.where(empty, 0.0, 1.0 / jnp.where(empty, 1.0, l))
-    q_tile[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(q_ref.dtype)
-    lse_smem.at[wg][...] = jnp.where(empty, -jnp.inf, (m + jnp.log2(l)) * LN2)
-    plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(q_tile, out_ref.at[b, pl.ds(q_start, block_q), head])
-    plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, head, pl.ds(q_start, block_q)])
+      def skip(e, carry):  # a tile of the CTA that this consumer's rows do not see
+        slot = ring.slot(e)
+        plgpu.barrier_wait(k_full.at[slot])
+        sync_turn()
+        plgpu.barrier_arrive(k_free.at[slot])
+        plgpu.barrier_arrive(turn)
+        plgpu.barrier_wait(v_full.at[slot])
+        plgpu.barrier_wait(turn)
+        plgpu.barrier_arrive(v_free.at[slot])
+        return carry
+
+      row = plgpu.Layout.WGMMA.reduce(1)
+      acc = jnp.zeros((block_q, q_ref.shape[-1]), jnp.float32)
+      carry = (plgpu.layout_cast(acc, plgpu.Layout.WGMMA),
+               plgpu.layout_cast(jnp.full((block_q,), -jnp.inf, jnp.float32), row),
+               plgpu.layout_cast(jnp.zeros((block_q,), jnp.float32), row))
+      pl.when(wg == 1)(sync_turn)  # consumer 1 starts half a step behind
+      mine = variants.own_tiles(spec, sched, pos, q_start, block_q, block_kv)
+      # Stream entries are counted over the CTA's items: shift this item's by `base`.
+      shifted_step = lambda e, j, carry, masked: step(base + e, j, carry, masked=masked)
+      acc, m, l = sched.consume(mine, shifted_step, lambda e, carry: skip(base + e, carry), carry)
+      pl.when(wg == 0)(sync_turn)
+      return acc, m, l, q_pos
+
+    def one_item(k, base):
+      head, b, cta_start, pos, sched = item(k)
+      buf = lax.rem(k, jnp.int32(q_bufs))
+      q_start = cta_start + wg * block_q
+      q_tile = q_smem.at[buf, wg]
+      # The previous item's output stores read the shared memory this one reuses.
+      plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+      if q_bufs == 1:
+        pl.when(k > 0)(lambda: load_q(k))
+      else:  # prefetch the next item's queries while this one runs
+        pl.when(k + 1 < local_items)(lambda: load_q(k + 1))
+      plgpu.barrier_wait(q_full.at[buf * CONSUMERS + wg])
+      acc, m, l, q_pos = attend(q_tile, q_start, pos, sched, base, b)
+      # A row that saw no key, or a padding row (q_lengths): out = 0, lse = -inf.
+      empty = l == 0.0
+      if spec.q_lengths:
+        empty = empty | (jnp.where(q_pos < pos.q_len, 1.0, 0.0).max(axis=1) == 0.0)
+      inv = jnp.where(empty, 0.0, 1.0 / jnp.where(empty, 1.0, l))
+      q_tile[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(q_ref.dtype)
+      lse_smem.at[wg][...] = jnp.where(empty, -jnp.inf, (m + jnp.log2(l)) * LN2)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(q_tile, out_ref.at[b, pl.ds(q_start, block_q), head])
+      plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, head, pl.ds(q_start, block_q)])
+      return base + sched.count
+
+    lax.fori_loop(0, local_items, one_item, jnp.int32(0))
     plgpu.wait_smem_to_gmem(0)
 
   @pl.when(wg == CONSUMERS)
   def _producer():
     plgpu.set_max_registers(40, action="decrease")
-    kv_head = lax.div(head, jnp.int32(groups))
-    count = sched.count
 
-    def load(e, _):
-      slot = ring.slot(e)
-      rows = pl.ds(sched.tile(e) * block_kv, block_kv)
-      later = e >= stages  # the slot held entry e - stages: wait until it is free
-      pl.when(later)(lambda: plgpu.barrier_wait(k_free.at[slot]))
-      k_tile = k_ref.at[b, kv_head, :, rows] if interpretable else k_ref.at[b, rows, kv_head]
-      plgpu.copy_gmem_to_smem(k_tile, k_smem.at[slot], k_full.at[slot])
-      pl.when(later)(lambda: plgpu.barrier_wait(v_free.at[slot]))
-      plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_head], v_smem.at[slot], v_full.at[slot])
+    def one_item(k, base):
+      head, b, _, _, sched = item(k)
+      kv_head = lax.div(head, jnp.int32(groups))
 
-    common.fori(0, count, load, None)
+      def load(e, _):
+        slot = ring.slot(base + e)
+        rows = pl.ds(sched.tile(e) * block_kv, block_kv)
+        later = base + e >= stages  # the slot held an earlier entry: wait until it is free
+        pl.when(later)(lambda: plgpu.barrier_wait(k_free.at[slot]))
+        k_tile = k_ref.at[b, kv_head, :, rows] if interpretable else k_ref.at[b, rows, kv_head]
+        plgpu.copy_gmem_to_smem(k_tile, k_smem.at[slot], k_full.at[slot])
+        pl.when(later)(lambda: plgpu.barrier_wait(v_free.at[slot]))
+        plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_head], v_smem.at[slot], v_full.at[slot])
+
+      count = sched.count
+      common.fori(0, count, load, None)
+      return base + count
+
+    total = lax.fori_loop(0, local_items, one_item, jnp.int32(0))
 
     def drain(e, _):  # observe the last frees too: every barrier phase is waited on
       plgpu.barrier_wait(k_free.at[ring.slot(e)])
       plgpu.barrier_wait(v_free.at[ring.slot(e)])
 
-    common.fori(ring.drain_start(count), count, drain, None)
+    common.fori(ring.drain_start(total), total, drain, None)
+
+
+def _persistent_ctas(interpret: bool) -> int:
+  """CTAs of a persistent launch: one per SM (in interpret mode, 2: several items each)."""
+  if interpret:
+    return 2
+  device = jax.local_devices()[0]
+  return getattr(device, "core_count", None) or 132  # H100/H200 SXM have 132 SMs
 
 
 def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: MaskSpec,
@@ -202,7 +267,7 @@ def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: Mas
     operands: the runtime operands of the variants (positions, segment ids).
     scale: multiplies q.k before the softmax.
     spec, score_mod: the mask and score modification (positional masks and soft-cap).
-    config: `block_q`, `block_kv`, `num_stages` are used.
+    config: `block_q`, `block_kv`, `num_stages`, `persistent` are used.
     interpret: run in Mosaic GPU interpret mode with race detection (CPU).
     interpretable: use the interpretable form (default: with `interpret`); the native
       GPU runs it too, which tests check.
@@ -224,14 +289,17 @@ def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: Mas
   extras, names = variants.inputs(spec, operands, batch=b, t_pad=t_pad, s_pad=s_pad,
                                   rows=rows_per_cta, cols=block_kv)
   dtype = q.dtype
+  q_bufs = forward_q_buffers(config, h_pad, jnp.dtype(dtype).itemsize)
+  num_items = num_q_ctas * n * b
+  ctas = min(num_items, _persistent_ctas(interpret)) if config.persistent else num_items
   smem = functools.partial(common.smem, dtype=dtype)
   scratch = [
-      smem((CONSUMERS, block_q, h_pad)),
+      smem((q_bufs, CONSUMERS, block_q, h_pad)),
       smem((stages, h_pad, block_kv) if interpretable else (stages, block_kv, h_pad)),
       smem((stages, block_kv, h_pad)),
       plgpu.SMEM((CONSUMERS, block_q), jnp.float32),
       smem((CONSUMERS, block_q, block_kv)) if interpretable else None,
-      plgpu.Barrier(num_barriers=CONSUMERS),
+      plgpu.Barrier(num_barriers=q_bufs * CONSUMERS),
       plgpu.Barrier(num_barriers=stages),
       plgpu.Barrier(num_barriers=stages),
       plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=stages),
@@ -241,14 +309,14 @@ def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: Mas
   kernel = functools.partial(
       _forward_kernel, names=names, scale=scale, spec=spec, score_mod=score_mod, block_q=block_q,
       block_kv=block_kv, stages=stages, groups=n // kv_heads, num_q_ctas=num_q_ctas,
-      interpretable=interpretable)
+      heads=n, batch=b, q_bufs=q_bufs, interpretable=interpretable)
   out, lse = plgpu.kernel(
       kernel,
       out_type=[jax.ShapeDtypeStruct(q.shape, dtype),
                 jax.ShapeDtypeStruct((b, n, t_pad), jnp.float32)],
       scratch_types=scratch,
-      grid=(num_q_ctas, n, b),
-      grid_names=("q", "heads", "batch"),
+      grid=(ctas,),
+      grid_names=("cta",),
       num_threads=CONSUMERS + 1,
       thread_name="wg",
       compiler_params=common.compiler_params(),
