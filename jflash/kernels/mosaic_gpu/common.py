@@ -93,6 +93,35 @@ def pad(x, multiple: int):
   return _pad_axis(x, 1, round_up(x.shape[1], multiple))
 
 
+def num_ctas(num_items: int, persistent: bool, interpret: bool) -> int:
+  """CTAs of a launch over `num_items` work items: one per SM if `persistent` (in
+  interpret mode 3, so that each runs several items), else one per item."""
+  if not persistent:
+    return num_items
+  if interpret:
+    return min(num_items, 3)
+  sms = getattr(jax.local_devices()[0], "core_count", None) or 132  # H100/H200 SXM: 132
+  return min(num_items, sms)
+
+
+def work_items(num_items: int):
+  """(local_count, item) of this CTA (grid axis "cta") of a launch from :func:`num_ctas`.
+
+  The CTA runs work items ``item(0), ..., item(local_count - 1)``. Items are dealt in
+  waves of one per CTA, every other wave in reverse CTA order (a snake), so that items
+  sorted longest first give every CTA about the same work (plain round robin gave the
+  first CTAs a longer item in every wave: 10% slower at H=128, T=16k causal on an H200).
+  """
+  cta, ctas = lax.axis_index("cta"), lax.axis_size("cta")
+
+  def place(wave):  # the position of this CTA in a wave
+    return jnp.where(lax.rem(wave, 2) == 0, cta, ctas - 1 - cta)
+
+  waves, rest = num_items // ctas, num_items % ctas
+  local_count = waves + jnp.where(place(jnp.int32(waves)) < rest, 1, 0).astype(jnp.int32)
+  return local_count, lambda k: k * ctas + place(k)
+
+
 def compiler_params():
   return plgpu.CompilerParams(approx_math=True,
                               lowering_semantics=plgpu.LoweringSemantics.Warpgroup)

@@ -73,17 +73,15 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   ex, rest = variants.split(refs[3:], names)
   (out_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem, p_smem, q_full, k_full, v_full,
    k_free, v_free, turn) = rest
-  # Persistent: CTA c runs work items c, c + ctas, ... (one each when ctas = items).
-  cta, ctas = lax.axis_index("cta"), lax.axis_size("cta")
-  num_items = num_q_ctas * heads * batch
-  local_items = lax.div(num_items - cta + ctas - 1, ctas)
+  # Persistent: each CTA runs several work items (one each when there are as many CTAs).
+  local_items, item_index = common.work_items(num_q_ctas * heads * batch)
   wg = lax.axis_index("wg")
   ring = common.Ring(stages, 0)  # slots by stream entry, counted over all the CTA's items
   rows_per_cta = CONSUMERS * block_q
 
   def item(k):
     """(i, head, b, first query row, mask positions, schedule) of local item k."""
-    i, head, b = _work_item(cta + k * ctas, num_q_ctas=num_q_ctas, heads=heads, batch=batch,
+    i, head, b = _work_item(item_index(k), num_q_ctas=num_q_ctas, heads=heads, batch=batch,
                             causal=spec.is_causal)
     pos = ex.positions(spec, b)
     start = i * rows_per_cta
@@ -249,14 +247,6 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
     common.fori(ring.drain_start(total), total, drain, None)
 
 
-def _persistent_ctas(interpret: bool) -> int:
-  """CTAs of a persistent launch: one per SM (in interpret mode, 2: several items each)."""
-  if interpret:
-    return 2
-  device = jax.local_devices()[0]
-  return getattr(device, "core_count", None) or 132  # H100/H200 SXM have 132 SMs
-
-
 def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: MaskSpec,
             score_mod: ScoreMod, config: MosaicGpuConfig, interpret: bool = False,
             interpretable: bool | None = None):
@@ -291,7 +281,7 @@ def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: Mas
   dtype = q.dtype
   q_bufs = forward_q_buffers(config, h_pad, jnp.dtype(dtype).itemsize)
   num_items = num_q_ctas * n * b
-  ctas = min(num_items, _persistent_ctas(interpret)) if config.persistent else num_items
+  ctas = common.num_ctas(num_items, config.persistent, interpret)
   smem = functools.partial(common.smem, dtype=dtype)
   scratch = [
       smem((q_bufs, CONSUMERS, block_q, h_pad)),
