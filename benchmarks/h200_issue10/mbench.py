@@ -22,6 +22,11 @@ for h, t, c in grid:
       att = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
     else:
       cfg = None
+      if impl.endswith(":np"):  # the default tiles, one CTA per work item (not persistent)
+        import dataclasses
+        from jflash.kernels.mosaic_gpu.config import default_config, kernel_head_dim
+        impl = impl[:-3]
+        cfg = dataclasses.replace(default_config(kernel_head_dim(h), causal), persistent=False)
       if "/" in impl:  # mosaic_gpu/bq/bkv/stages/bbq/bbkv/bst[/persistent 0|1]
         impl, *nums = impl.split("/")
         nums = [int(x) for x in nums]

@@ -95,11 +95,13 @@ def _store_own(pairs):
   plgpu.commit_smem()
   for _, smem, gmem in pairs:
     plgpu.copy_smem_to_gmem(smem, gmem)
-  plgpu.wait_smem_to_gmem(0)
+  # No wait: the next work item waits (wait_smem_to_gmem(0, wait_read_only=True)) before
+  # it reuses the buffers, and the kernel waits for every store at its end.
 
 
-def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q: int,
-               block_kv: int, stages: int, groups: int, interpretable: bool, consumers: int):
+def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
+               score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
+               rows: int, heads: int, batch: int, interpretable: bool, consumers: int):
   # q, do, dq: [B, Tp, N, H]; lse2, delta: [B, N, Tp]; k, v: [B, Sp, K, H]; interpretable
   # form: kt, vt [B, K, H, Sp] (Kᵀ, Vᵀ) instead of v; then the variants' inputs (`names`).
   n_in = 7 if interpretable else 6
@@ -107,23 +109,28 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec, scor
   ex, rest = variants.split(refs[n_in:], names)
   dq_ref, own, own_bars, bufs, full, free, ds_smem = rest
   q_smem, do_smem, lse_smem, delta_smem = own
-  i, head, b = lax.axis_index("q"), lax.axis_index("heads"), lax.axis_index("batch")
   wg = lax.axis_index("wg")
-  cta_start = i * (consumers * block_q)
-  pos = ex.positions(spec, b)
-  sched = variants.schedule_of(spec, ex, pos, b=b, row=i, start=cta_start,
-                               rows=consumers * block_q, cols=block_kv)
+  local_items, item_index = common.work_items(rows * heads * batch)  # persistent
   stream = common.Stream(bufs, full, free, common.Ring(stages, 0))
 
-  @pl.when(wg < consumers)
-  def _consumer():
-    plgpu.set_max_registers(240, action="increase")
+  def item(k):
+    """(head, b, first query row, positions, schedule) of the CTA's k-th work item."""
+    i, head, b = common.work_item(item_index(k), rows=rows, heads=heads, batch=batch,
+                                  row_major=spec.is_causal, reverse=True)
+    pos = ex.positions(spec, b)
+    cta_start = i * (consumers * block_q)
+    return head, b, cta_start, pos, variants.schedule_of(
+        spec, ex, pos, b=b, row=i, start=cta_start, rows=consumers * block_q, cols=block_kv)
+
+  def consume_item(base, head, b, cta_start, pos, sched):
+    """One consumer's work on a work item whose stream entries start at `base`."""
     q_start = cta_start + wg * block_q
-    rows = pl.ds(q_start, block_q)
+    rows_ = pl.ds(q_start, block_q)
     q_tile, do_tile = q_smem.at[wg], do_smem.at[wg]
-    _load_own([(q_ref.at[b, rows, head], q_tile), (do_ref.at[b, rows, head], do_tile),
-               (lse_ref.at[b, head, rows], lse_smem.at[wg]),
-               (delta_ref.at[b, head, rows], delta_smem.at[wg])], own_bars, wg)
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last item's dQ store read q_tile
+    _load_own([(q_ref.at[b, rows_, head], q_tile), (do_ref.at[b, rows_, head], do_tile),
+               (lse_ref.at[b, head, rows_], lse_smem.at[wg]),
+               (delta_ref.at[b, head, rows_], delta_smem.at[wg])], own_bars, wg)
     lse2 = plgpu.load(lse_smem.at[wg], layout=WGMMA.reduce(1))
     delta = plgpu.load(delta_smem.at[wg], layout=WGMMA.reduce(1))
     shape = (block_q, block_kv)
@@ -157,33 +164,45 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec, scor
 
     dq = plgpu.layout_cast(jnp.zeros(q_tile.shape, jnp.float32), WGMMA)
     mine = variants.own_tiles(spec, sched, pos, q_start, block_q, block_kv)
-    dq = sched.consume(mine, step, stream.skip, dq)
-    _store_own([((dq * scale).astype(q_ref.dtype), q_tile, dq_ref.at[b, rows, head])])
+    dq = sched.consume(mine, step, stream.skip, dq, base=base)
+    _store_own([((dq * scale).astype(q_ref.dtype), q_tile, dq_ref.at[b, rows_, head])])
+    return base + sched.count
 
-  kv_head = lax.div(head, jnp.int32(groups))
+  @pl.when(wg < consumers)
+  def _consumer():
+    plgpu.set_max_registers(240, action="increase")
+    lax.fori_loop(0, local_items, lambda k, base: consume_item(base, *item(k)), jnp.int32(0))
+    plgpu.wait_smem_to_gmem(0)
 
-  def sources(e):
-    rows = pl.ds(sched.tile(e) * block_kv, block_kv)
-    if interpretable:
-      k_ref, kt_ref, vt_ref = kv_refs
-      return (k_ref.at[b, rows, kv_head], kt_ref.at[b, kv_head, :, rows],
-              vt_ref.at[b, kv_head, :, rows])
-    k_ref, v_ref = kv_refs
-    return k_ref.at[b, rows, kv_head], v_ref.at[b, rows, kv_head]
+  def produce_item(k, base):
+    head, b, _, _, sched = item(k)
+    kv_head = lax.div(head, jnp.int32(groups))
+
+    def sources(e):
+      kv_rows = pl.ds(sched.tile(e) * block_kv, block_kv)
+      if interpretable:
+        k_ref, kt_ref, vt_ref = kv_refs
+        return (k_ref.at[b, kv_rows, kv_head], kt_ref.at[b, kv_head, :, kv_rows],
+                vt_ref.at[b, kv_head, :, kv_rows])
+      k_ref, v_ref = kv_refs
+      return k_ref.at[b, kv_rows, kv_head], v_ref.at[b, kv_rows, kv_head]
+
+    return stream.produce(sched.count, sources, base)
 
   @pl.when(wg == consumers)
   def _producer():
     plgpu.set_max_registers(24, action="decrease")
-    stream.produce(0, sched.count, sources)
+    stream.drain(lax.fori_loop(0, local_items, produce_item, jnp.int32(0)))
 
 
-def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec, score_mod: ScoreMod, block_q: int,
-                block_kv: int, stages: int, groups: int, interpretable: bool, split: bool):
+def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
+                score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
+                rows: int, heads: int, batch: int, interpretable: bool, split: bool):
   # k, v, dk, dv: [B, Sp, K, H]; q, do: [B, Tp, N, H]; lse2, delta: [B, N, Tp];
   # interpretable form: also qt, dot [B, N, H, Tp] (Qᵀ, dOᵀ). With `split` (H > 128,
   # where dK and dV of 64 rows do not both fit one warpgroup's registers) the two
   # consumers share one key tile: consumer 0 accumulates dV, consumer 1 dK. Then the
-  # variants' inputs (`names`).
+  # variants' inputs (`names`). `heads` are the K key/value heads.
   n_in = 8 if interpretable else 6
   k_ref, v_ref, q_ref, do_ref, *rest = refs[:n_in]
   qt_ref, dot_ref = rest[:2] if interpretable else (None, None)
@@ -191,34 +210,49 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec, sco
   ex, rest = variants.split(refs[n_in:], names)
   dk_ref, dv_ref, own, own_bars, bufs, full, free, p_smem, done = rest
   k_smem, v_smem = own
-  jc, kv_head, b = lax.axis_index("kv"), lax.axis_index("heads"), lax.axis_index("batch")
   wg = lax.axis_index("wg")
   rows_per_cta = block_kv if split else CONSUMERS * block_kv
-  cta_start = jc * rows_per_cta
-  pos = ex.positions(spec, b)
-  sched = variants.schedule_of(spec, ex, pos, b=b, row=jc, start=cta_start, rows=rows_per_cta,
-                               cols=block_q, transpose=True)
-  n = sched.count  # query tiles per head
+  local_items, item_index = common.work_items(rows * heads * batch)  # persistent
   stream = common.Stream(bufs, full, free, common.Ring(stages, 0))
 
-  @pl.when(wg < CONSUMERS)
-  def _consumer():
-    plgpu.set_max_registers(240, action="increase")
+  def item(k):
+    """(kv head, b, first key row, positions, schedule) of the CTA's k-th work item.
+
+    Causal: the first key rows are seen by the most queries; they go first."""
+    jc, kv_head, b = common.work_item(item_index(k), rows=rows, heads=heads, batch=batch,
+                                      row_major=spec.is_causal, reverse=False)
+    pos = ex.positions(spec, b)
+    cta_start = jc * rows_per_cta
+    return kv_head, b, cta_start, pos, variants.schedule_of(
+        spec, ex, pos, b=b, row=jc, start=cta_start, rows=rows_per_cta, cols=block_q,
+        transpose=True)
+
+  def sync_consumers():
+    plgpu.barrier_arrive(done)
+    plgpu.barrier_wait(done)
+
+  def consume_item(base, kv_head, b, cta_start, pos, sched):
+    """One consumer's work on a work item whose stream entries start at `base`."""
+    n = sched.count  # query tiles per head
     own_slot = 0 if split else wg
     kv_start = cta_start + (0 if split else wg * block_kv)
-    rows = pl.ds(kv_start, block_kv)
+    kv_rows = pl.ds(kv_start, block_kv)
     k_tile, v_tile = k_smem.at[own_slot], v_smem.at[own_slot]
+    # The last item's dK/dV stores read k_tile and v_tile (both consumers', if split).
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
     if split:  # consumer 0 loads the shared tiles; both wait for them
+      sync_consumers()
+
       @pl.when(wg == 0)
       def _load():
-        plgpu.copy_gmem_to_smem(k_ref.at[b, rows, kv_head], k_tile, own_bars[0].at[0])
-        plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_head], v_tile, own_bars[1].at[0])
+        plgpu.copy_gmem_to_smem(k_ref.at[b, kv_rows, kv_head], k_tile, own_bars[0].at[0])
+        plgpu.copy_gmem_to_smem(v_ref.at[b, kv_rows, kv_head], v_tile, own_bars[1].at[0])
 
       for bar in own_bars:
         plgpu.barrier_wait(bar.at[0])
     else:
-      _load_own([(k_ref.at[b, rows, kv_head], k_tile), (v_ref.at[b, rows, kv_head], v_tile)],
-                own_bars, wg)
+      _load_own([(k_ref.at[b, kv_rows, kv_head], k_tile),
+                 (v_ref.at[b, kv_rows, kv_head], v_tile)], own_bars, wg)
     shape = (block_kv, block_q)
     kv_pos = kv_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
     q_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
@@ -257,48 +291,58 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec, sco
         stream.release(slot)
         return tuple(out)
 
-      return sched.consume(mine, step, stream.skip, carry, base=g * n)
+      return sched.consume(mine, step, stream.skip, carry, base=base + g * n)
 
     zeros = plgpu.layout_cast(jnp.zeros(k_tile.shape, jnp.float32), WGMMA)
-    dk_out = (dk_ref.at[b, rows, kv_head], k_ref.dtype)
-    dv_out = (dv_ref.at[b, rows, kv_head], k_ref.dtype)
+    dk_out, dv_out = dk_ref.at[b, kv_rows, kv_head], dv_ref.at[b, kv_rows, kv_head]
+    heads_loop = lambda **does: lax.fori_loop(0, groups, functools.partial(one_head, **does),
+                                              (zeros,) * len([d for d in does.values() if d]))
     if not split:
-      dv, dk = lax.fori_loop(0, groups, functools.partial(one_head, does_dk=True, does_dv=True),
-                             (zeros, zeros))
-      _store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_out[0]),
-                  (dv.astype(k_ref.dtype), v_tile, dv_out[0])])
-      return
+      dv, dk = heads_loop(does_dk=True, does_dv=True)
+      _store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_out),
+                  (dv.astype(k_ref.dtype), v_tile, dv_out)])
+      return base + groups * n
 
     @pl.when(wg == 0)
     def _dv():
-      (dv,) = lax.fori_loop(0, groups, functools.partial(one_head, does_dk=False, does_dv=True),
-                            (zeros,))
-      plgpu.barrier_arrive(done)  # the other consumer still reads K and V: wait for it
-      plgpu.barrier_wait(done)
-      _store_own([(dv.astype(k_ref.dtype), v_tile, dv_out[0])])
+      (dv,) = heads_loop(does_dk=False, does_dv=True)
+      sync_consumers()  # the other consumer still reads K and V: wait for it
+      _store_own([(dv.astype(k_ref.dtype), v_tile, dv_out)])
 
     @pl.when(wg == 1)
     def _dk():
-      (dk,) = lax.fori_loop(0, groups, functools.partial(one_head, does_dk=True, does_dv=False),
-                            (zeros,))
-      plgpu.barrier_arrive(done)
-      plgpu.barrier_wait(done)
-      _store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_out[0])])
+      (dk,) = heads_loop(does_dk=True, does_dv=False)
+      sync_consumers()
+      _store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_out)])
 
-  def sources(t):
-    per_head = jnp.asarray(n, jnp.int32)
-    g, i = lax.div(t, per_head), sched.tile(lax.rem(t, per_head))
-    head = kv_head * groups + g
-    rows = pl.ds(i * block_q, block_q)
-    tiles = [q_ref.at[b, rows, head], do_ref.at[b, rows, head]]
-    if interpretable:
-      tiles += [qt_ref.at[b, head, :, rows], dot_ref.at[b, head, :, rows]]
-    return (*tiles, lse_ref.at[b, head, rows], delta_ref.at[b, head, rows])
+    return base + groups * n
+
+  @pl.when(wg < CONSUMERS)
+  def _consumer():
+    plgpu.set_max_registers(240, action="increase")
+    lax.fori_loop(0, local_items, lambda k, base: consume_item(base, *item(k)), jnp.int32(0))
+    plgpu.wait_smem_to_gmem(0)
+
+  def produce_item(k, base):
+    kv_head, b, _, _, sched = item(k)
+    n = sched.count
+
+    def sources(t):
+      per_head = jnp.asarray(n, jnp.int32)
+      g, i = lax.div(t, per_head), sched.tile(lax.rem(t, per_head))
+      head = kv_head * groups + g
+      q_rows = pl.ds(i * block_q, block_q)
+      tiles = [q_ref.at[b, q_rows, head], do_ref.at[b, q_rows, head]]
+      if interpretable:
+        tiles += [qt_ref.at[b, head, :, q_rows], dot_ref.at[b, head, :, q_rows]]
+      return (*tiles, lse_ref.at[b, head, q_rows], delta_ref.at[b, head, q_rows])
+
+    return stream.produce(groups * n, sources, base)
 
   @pl.when(wg == CONSUMERS)
   def _producer():
     plgpu.set_max_registers(24, action="decrease")
-    stream.produce(0, groups * n, sources)
+    stream.drain(lax.fori_loop(0, local_items, produce_item, jnp.int32(0)))
 
 
 def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale: float, spec: MaskSpec, score_mod: ScoreMod,
@@ -313,7 +357,7 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
     delta: [B, T, N] float32, rowsum(do * out) minus dL/dlse.
     operands: the runtime operands of the variants (positions, segment ids).
     scale, spec, score_mod: as in the forward pass.
-    config: `bwd_block_q`, `bwd_block_kv`, `bwd_num_stages` are used.
+    config: `bwd_block_q`, `bwd_block_kv`, `bwd_num_stages`, `persistent` are used.
     interpret, interpretable: as in :func:`.forward.forward`.
 
   Returns:
@@ -355,7 +399,8 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   extras, names = variants.inputs(spec, operands, batch=b, t_pad=t_pad, s_pad=s_pad,
                                   rows=q_multiple, cols=block_kv)
   dq = plgpu.kernel(
-      functools.partial(_dq_kernel, consumers=c, names=names, **params),
+      functools.partial(_dq_kernel, consumers=c, names=names, rows=t_pad // q_multiple,
+                        heads=n, batch=b, **params),
       out_type=jax.ShapeDtypeStruct(q.shape, dtype),
       scratch_types=[
           (smem((c, *rows_q)), smem((c, *rows_q)), plgpu.SMEM((c, block_q), jnp.float32),
@@ -364,7 +409,8 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
           *common.stream_scratch(kv_tiles, stages, c),
           smem((c, block_q, block_kv)) if interpretable else None,
       ],
-      grid=(t_pad // q_multiple, n, b), grid_names=("q", "heads", "batch"), num_threads=c + 1,
+      grid=(common.num_ctas(t_pad // q_multiple * n * b, config.persistent, interpret),),
+      grid_names=("cta",), num_threads=c + 1,
       kernel_name="jflash_mgpu_bwd_dq", **mosaic,
   )(q, do, lse2, delta, *kv_in, *extras)
 
@@ -377,7 +423,8 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   extras, names = variants.inputs(spec, operands, batch=b, t_pad=t_pad, s_pad=s_pad,
                                   rows=kv_multiple, cols=block_q, transpose=True)
   dk, dv = plgpu.kernel(
-      functools.partial(_dkv_kernel, split=split, names=names, **params),
+      functools.partial(_dkv_kernel, split=split, names=names, rows=s_pad // kv_multiple,
+                        heads=kv_heads, batch=b, **params),
       out_type=[jax.ShapeDtypeStruct(k.shape, dtype)] * 2,
       scratch_types=[
           (smem((own, *rows_kv)), smem((own, *rows_kv))),
@@ -386,7 +433,8 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
           smem((CONSUMERS, block_kv, block_q)) if interpretable else None,
           plgpu.Barrier(num_arrivals=CONSUMERS),
       ],
-      grid=(s_pad // kv_multiple, kv_heads, b), grid_names=("kv", "heads", "batch"),
+      grid=(common.num_ctas(s_pad // kv_multiple * kv_heads * b, config.persistent, interpret),),
+      grid_names=("cta",),
       num_threads=CONSUMERS + 1, kernel_name="jflash_mgpu_bwd_dkv", **mosaic,
   )(k, v, q, do, *q_in[2:], lse2, delta, *extras)
   if interpret:

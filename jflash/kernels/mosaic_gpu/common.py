@@ -122,6 +122,23 @@ def work_items(num_items: int):
   return local_count, lambda k: k * ctas + place(k)
 
 
+def work_item(w, *, rows: int, heads: int, batch: int, row_major: bool, reverse: bool):
+  """(row, head, batch) of work item `w` over a (rows, heads, batch) grid.
+
+  `row_major`: rows are the slowest axis (for causal masks, whose row lengths differ:
+  longest first, `reverse` if the last rows are the longest). Else the rows of one
+  (batch, head) are consecutive items, which run at the same time and share its K/V
+  (or Q/dO) in L2.
+  """
+  if row_major:
+    per_row = heads * batch
+    rest = lax.rem(w, per_row)
+    row = lax.div(w, per_row)
+    return (rows - 1 - row if reverse else row), lax.rem(rest, heads), lax.div(rest, heads)
+  bh = lax.div(w, jnp.int32(rows))
+  return lax.rem(w, jnp.int32(rows)), lax.rem(bh, heads), lax.div(bh, heads)
+
+
 def compiler_params():
   return plgpu.CompilerParams(approx_math=True,
                               lowering_semantics=plgpu.LoweringSemantics.Warpgroup)
@@ -148,19 +165,24 @@ class Stream:
   free: Any
   ring: Ring
 
-  def produce(self, lo: Index, hi: Index, sources) -> None:
-    """Producer: loads tiles [lo, hi); ``sources(t)`` gives their GMEM refs (per operand)."""
+  def produce(self, count: Index, sources, base: Index = 0) -> Index:
+    """Producer: loads tiles 0..count-1 as stream entries base, base + 1, ...;
+    ``sources(t)`` gives tile t's GMEM refs (per operand). Returns base + count."""
     stages = self.ring.stages
 
     def load(t, _):
-      slot = self.ring.slot(t)
-      pl.when(t - lo >= stages)(lambda: plgpu.barrier_wait(self.free.at[slot]))
+      slot = self.ring.slot(base + t)
+      pl.when(base + t >= stages)(lambda: plgpu.barrier_wait(self.free.at[slot]))
       for src, buf, full in zip(sources(t), self.bufs, self.full):
         plgpu.copy_gmem_to_smem(src, buf.at[slot], full.at[slot])
 
-    fori(lo, hi, load, None)
-    # Observe the last frees too: interpret mode checks that every phase is waited on.
-    fori(self.ring.drain_start(hi), hi, lambda t, _: plgpu.barrier_wait(
+    fori(0, count, load, None)
+    return base + count
+
+  def drain(self, total: Index) -> None:
+    """Producer, at the end: observes the frees of the last entries before `total`
+    (interpret mode checks that every barrier phase is waited on)."""
+    fori(self.ring.drain_start(total), total, lambda t, _: plgpu.barrier_wait(
         self.free.at[self.ring.slot(t)]), None)
 
   def wait(self, t):

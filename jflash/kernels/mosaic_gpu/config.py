@@ -29,8 +29,8 @@ class MosaicGpuConfig:
     bwd_block_q: query rows per tile in the backward (a multiple of 64).
     bwd_block_kv: key rows per tile in the backward (a multiple of 64).
     bwd_num_stages: ring depth of the backward kernels (>= 2).
-    persistent: the forward runs one CTA per SM over all work items (else one CTA per
-      item).
+    persistent: each kernel (forward, dQ, dK/dV) runs one CTA per SM over all its
+      work items (else one CTA per item).
   """
 
   block_q: int = 64

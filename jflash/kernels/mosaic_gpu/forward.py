@@ -47,22 +47,6 @@ LN2 = math.log(2.0)
 CONSUMERS = 2  # consumer warpgroups per CTA; the producer is warpgroup CONSUMERS
 
 
-def _work_item(w, *, num_q_ctas: int, heads: int, batch: int, causal: bool):
-  """(query CTA row i, head, batch) of work item `w`.
-
-  Causal: longest rows first (i descending, the slowest axis), so that the persistent
-  CTAs' last items are the short ones. Otherwise the query rows of one (batch, head)
-  are consecutive items, which run at the same time and share its K/V in L2.
-  """
-  if causal:
-    per_row = heads * batch
-    rest = lax.rem(w, per_row)
-    return num_q_ctas - 1 - lax.div(w, per_row), lax.rem(rest, heads), lax.div(rest, heads)
-  per_head = jnp.int32(num_q_ctas)
-  bh = lax.div(w, per_head)
-  return lax.rem(w, per_head), lax.rem(bh, heads), lax.div(bh, heads)
-
-
 def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                     score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
                     num_q_ctas: int, heads: int, batch: int, q_bufs: int, interpretable: bool):
@@ -81,8 +65,8 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
   def item(k):
     """(i, head, b, first query row, mask positions, schedule) of local item k."""
-    i, head, b = _work_item(item_index(k), num_q_ctas=num_q_ctas, heads=heads, batch=batch,
-                            causal=spec.is_causal)
+    i, head, b = common.work_item(item_index(k), rows=num_q_ctas, heads=heads, batch=batch,
+                                  row_major=spec.is_causal, reverse=True)
     pos = ex.positions(spec, b)
     start = i * rows_per_cta
     sched = variants.schedule_of(spec, ex, pos, b=b, row=i, start=start, rows=rows_per_cta,
