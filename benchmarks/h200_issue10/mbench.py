@@ -26,7 +26,8 @@ for h, t, c in grid:
         import dataclasses
         from jflash.kernels.mosaic_gpu.config import default_config, kernel_head_dim
         impl = impl[:-3]
-        cfg = dataclasses.replace(default_config(kernel_head_dim(h), causal), persistent=False)
+        cfg = dataclasses.replace(default_config(kernel_head_dim(h), causal, t), persistent=False,
+                                  bwd_persistent=False)
       if "/" in impl:  # mosaic_gpu/bq/bkv/stages/bbq/bbkv/bst[/persistent 0|1]
         impl, *nums = impl.split("/")
         nums = [int(x) for x in nums]

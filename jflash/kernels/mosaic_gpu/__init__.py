@@ -57,7 +57,7 @@ class MosaicGpuBackend(backends.Backend):
     return None
 
   def default_config(self, problem, device):
-    return default_config(kernel_head_dim(problem.head_dim), problem.is_causal)
+    return default_config(kernel_head_dim(problem.head_dim), problem.is_causal, problem.q_len)
 
   def check_config(self, config, problem, device):
     check_fits(config, problem.head_dim, problem.dtype)

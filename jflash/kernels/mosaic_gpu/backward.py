@@ -357,7 +357,7 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
     delta: [B, T, N] float32, rowsum(do * out) minus dL/dlse.
     operands: the runtime operands of the variants (positions, segment ids).
     scale, spec, score_mod: as in the forward pass.
-    config: `bwd_block_q`, `bwd_block_kv`, `bwd_num_stages`, `persistent` are used.
+    config: `bwd_block_q`, `bwd_block_kv`, `bwd_num_stages`, `bwd_persistent` are used.
     interpret, interpretable: as in :func:`.forward.forward`.
 
   Returns:
@@ -409,7 +409,7 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
           *common.stream_scratch(kv_tiles, stages, c),
           smem((c, block_q, block_kv)) if interpretable else None,
       ],
-      grid=(common.num_ctas(t_pad // q_multiple * n * b, config.persistent, interpret),),
+      grid=(common.num_ctas(t_pad // q_multiple * n * b, config.bwd_persistent, interpret),),
       grid_names=("cta",), num_threads=c + 1,
       kernel_name="jflash_mgpu_bwd_dq", **mosaic,
   )(q, do, lse2, delta, *kv_in, *extras)
@@ -433,7 +433,8 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
           smem((CONSUMERS, block_kv, block_q)) if interpretable else None,
           plgpu.Barrier(num_arrivals=CONSUMERS),
       ],
-      grid=(common.num_ctas(s_pad // kv_multiple * kv_heads * b, config.persistent, interpret),),
+      grid=(common.num_ctas(s_pad // kv_multiple * kv_heads * b, config.bwd_persistent,
+                            interpret),),
       grid_names=("cta",),
       num_threads=CONSUMERS + 1, kernel_name="jflash_mgpu_bwd_dkv", **mosaic,
   )(k, v, q, do, *q_in[2:], lse2, delta, *extras)

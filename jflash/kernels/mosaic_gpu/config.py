@@ -21,6 +21,7 @@ class MosaicGpuConfig:
   rows through a ring of `num_stages` shared-memory slots (TMA). With `persistent`, one
   CTA per SM runs such work items one after the other: the ring runs on across items
   and the next item's queries load during the current one (where shared memory allows).
+  `bwd_persistent` does the same for the two backward kernels.
 
   Attributes:
     block_q: query rows per consumer warpgroup in the forward (a multiple of 64).
@@ -29,8 +30,9 @@ class MosaicGpuConfig:
     bwd_block_q: query rows per tile in the backward (a multiple of 64).
     bwd_block_kv: key rows per tile in the backward (a multiple of 64).
     bwd_num_stages: ring depth of the backward kernels (>= 2).
-    persistent: each kernel (forward, dQ, dK/dV) runs one CTA per SM over all its
-      work items (else one CTA per item).
+    persistent: the forward runs one CTA per SM over all its work items (else one CTA
+      per item).
+    bwd_persistent: the same for the dQ and dK/dV kernels.
   """
 
   block_q: int = 64
@@ -40,6 +42,7 @@ class MosaicGpuConfig:
   bwd_block_kv: int = 64
   bwd_num_stages: int = 2
   persistent: bool = True
+  bwd_persistent: bool = False
 
   def __post_init__(self):
     for name in ("block_q", "block_kv", "bwd_block_q", "bwd_block_kv"):
@@ -50,8 +53,9 @@ class MosaicGpuConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 2:
         raise ValueError(f"MosaicGpuConfig.{name}={value!r} must be an int >= 2")
-    if not isinstance(self.persistent, bool):
-      raise ValueError(f"MosaicGpuConfig.persistent={self.persistent!r} must be a bool")
+    for name in ("persistent", "bwd_persistent"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"MosaicGpuConfig.{name}={getattr(self, name)!r} must be a bool")
 
 
 def kernel_head_dim(head_dim: int) -> int:
@@ -95,17 +99,22 @@ def dq_smem_bytes(consumers: int, block_q: int, block_kv: int, stages: int, head
   return own + 2 * stages * block_kv * head_dim * itemsize + 1024
 
 
-def default_config(head_dim: int, is_causal: bool) -> MosaicGpuConfig:
-  """The forward and backward tiles for head dim `head_dim` (after padding)."""
+def default_config(head_dim: int, is_causal: bool, q_len: int | None = None) -> MosaicGpuConfig:
+  """The forward and backward tiles for head dim `head_dim` (after padding), T = `q_len`."""
   # Measured on an H200 (BUILD_NOTES, issue 10 log): at H=64, backward query tiles of
   # 128 rows ran 22% faster than 64 (376 vs 307 TFLOP/s at T=2k); at H=128 they spill
   # and ran at 205 vs 364. Forward key tiles of 128 beat 64 (408 vs 328 at H=64) and a
   # third stage did not help (375).
+  # A persistent forward ran 1.00-1.22x the one-CTA-per-item launch (H200, H=64/128/256,
+  # T=512-16k); a persistent backward only helped at short T (H=128: T=512 1.07x, 1k
+  # 1.03x, 2k 1.01x) and lost 2-6% at H=256 and at T=16k causal.
   del is_causal
+  bwd_persistent = q_len is not None and q_len <= 1024 and head_dim <= 128
   if head_dim <= 64:
-    return MosaicGpuConfig(block_q=64, block_kv=128, num_stages=2, bwd_block_q=128)
+    return MosaicGpuConfig(block_q=64, block_kv=128, num_stages=2, bwd_block_q=128,
+                           bwd_persistent=bwd_persistent)
   if head_dim <= 128:
-    return MosaicGpuConfig(block_q=64, block_kv=128, num_stages=2)
+    return MosaicGpuConfig(block_q=64, block_kv=128, num_stages=2, bwd_persistent=bwd_persistent)
   return MosaicGpuConfig(block_q=64, block_kv=64, num_stages=2)
 
 
