@@ -149,6 +149,20 @@ def test_against_oracle_native(name):
 
 @pytest.mark.gpu
 @needs_hopper
+@pytest.mark.parametrize("name", [*CASES, *GPU_CASES])
+def test_overlapped_softmax_native(name):
+  """The forward with FlashAttention-3's intra-warpgroup overlap (native form only)."""
+  import dataclasses
+  from jflash.kernels.mosaic_gpu.config import default_config, kernel_head_dim
+  case = {**CASES, **GPU_CASES}[name]
+  _, t, _, _, _, h, _, kwargs = case
+  config = dataclasses.replace(
+      default_config(kernel_head_dim(h), kwargs.get("is_causal", False), t), overlap=True)
+  _check(case, config=config)
+
+
+@pytest.mark.gpu
+@needs_hopper
 @pytest.mark.parametrize("name", [
     pytest.param("causal-h96-two-ctas", marks=pytest.mark.xfail(
         strict=True, reason="jax 0.11.2 Mosaic GPU layout inference fails on the "

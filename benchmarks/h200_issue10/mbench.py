@@ -22,12 +22,13 @@ for h, t, c in grid:
       att = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
     else:
       cfg = None
-      if impl.endswith(":np"):  # the default tiles, one CTA per work item (not persistent)
+      if impl.endswith((":np", ":ov")):  # default tiles; :np one CTA per work item, :ov overlap
         import dataclasses
         from jflash.kernels.mosaic_gpu.config import default_config, kernel_head_dim
-        impl = impl[:-3]
-        cfg = dataclasses.replace(default_config(kernel_head_dim(h), causal, t), persistent=False,
-                                  bwd_persistent=False)
+        impl, variant = impl[:-3], impl[-2:]
+        cfg = default_config(kernel_head_dim(h), causal, t)
+        cfg = (dataclasses.replace(cfg, persistent=False, bwd_persistent=False) if variant == "np"
+               else dataclasses.replace(cfg, overlap=True))
       if "/" in impl:  # mosaic_gpu/bq/bkv/stages/bbq/bbkv/bst[/persistent 0|1]
         impl, *nums = impl.split("/")
         nums = [int(x) for x in nums]

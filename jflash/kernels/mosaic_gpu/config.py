@@ -33,6 +33,8 @@ class MosaicGpuConfig:
     persistent: the forward runs one CTA per SM over all its work items (else one CTA
       per item).
     bwd_persistent: the same for the dQ and dK/dV kernels.
+    overlap: the forward overlaps each consumer's softmax with its own next matrix
+      multiplies (FlashAttention-3's intra-warpgroup pipelining; native form only).
   """
 
   block_q: int = 64
@@ -43,6 +45,7 @@ class MosaicGpuConfig:
   bwd_num_stages: int = 2
   persistent: bool = True
   bwd_persistent: bool = False
+  overlap: bool = False
 
   def __post_init__(self):
     for name in ("block_q", "block_kv", "bwd_block_q", "bwd_block_kv"):
@@ -53,7 +56,7 @@ class MosaicGpuConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 2:
         raise ValueError(f"MosaicGpuConfig.{name}={value!r} must be an int >= 2")
-    for name in ("persistent", "bwd_persistent"):
+    for name in ("persistent", "bwd_persistent", "overlap"):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"MosaicGpuConfig.{name}={getattr(self, name)!r} must be a bool")
 

@@ -36,6 +36,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from jflash import masks
 from jflash.backends import Operands
 from jflash.kernels.mosaic_gpu import common, variants
 from jflash.kernels.mosaic_gpu.config import MosaicGpuConfig, forward_q_buffers
@@ -49,7 +50,8 @@ CONSUMERS = 2  # consumer warpgroups per CTA; the producer is warpgroup CONSUMER
 
 def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                     score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
-                    num_q_ctas: int, heads: int, batch: int, q_bufs: int, interpretable: bool):
+                    num_q_ctas: int, heads: int, batch: int, q_bufs: int, overlap: bool,
+                    interpretable: bool):
   # q_ref, out_ref: [B, Tp, N, H]; k_ref: [B, Sp, K, H] (native) or Kᵀ [B, K, H, Sp]
   # (interpretable); v_ref: [B, Sp, K, H]; lse_ref: [B, N, Tp] float32; the variants'
   # extra inputs (`names`, see .variants) between v_ref and out_ref.
@@ -103,6 +105,20 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                   if spec.segment_ids else None)
         return variants.visible(spec, pos, q_pos, kv_pos, q_seg, kv_seg, 0)
 
+      def softmax(s, m, l, j, masked):
+        """(P in the input dtype, new m, new l, alpha) after raw scores s of key tile j."""
+        kv_pos = j * block_kv + kv_iota
+        if score_mod.active:
+          s = score_mod.logits(s * scale, q_pos=q_pos + pos.offset, kv_pos=kv_pos) * LOG2E
+        if masked:
+          s = jnp.where(visible(j, kv_pos), s, -jnp.inf)
+        m_new = jnp.maximum(m, s.max(axis=1) * c)
+        # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.
+        m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
+        alpha = jnp.exp2(m - m_use)
+        p = jnp.exp2(s * c - lax.broadcast_in_dim(m_use, shape, [0]))
+        return p.astype(q_ref.dtype), m_new, l * alpha + p.sum(axis=1), alpha
+
       def step(e, j, carry, masked):
         acc, m, l = carry
         slot = ring.slot(e)
@@ -116,19 +132,8 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
         s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32))
         plgpu.barrier_arrive(k_free.at[slot])
-        kv_pos = j * block_kv + kv_iota
-        if score_mod.active:
-          s = score_mod.logits(s * scale, q_pos=q_pos + pos.offset, kv_pos=kv_pos) * LOG2E
-        if masked:
-          s = jnp.where(visible(j, kv_pos), s, -jnp.inf)
-        m_new = jnp.maximum(m, s.max(axis=1) * c)
-        # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.
-        m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
-        alpha = jnp.exp2(m - m_use)
-        p = jnp.exp2(s * c - lax.broadcast_in_dim(m_use, shape, [0]))
-        l = l * alpha + p.sum(axis=1)
+        p, m_new, l, alpha = softmax(s, m, l, j, masked)
         acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-        p = p.astype(q_ref.dtype)
         plgpu.barrier_arrive(turn)  # softmax done
         plgpu.barrier_wait(v_full.at[slot])
         plgpu.barrier_wait(turn)  # the tensor cores are mine
@@ -167,8 +172,15 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       pl.when(wg == 1)(sync_turn)  # consumer 1 starts half a step behind
       mine = variants.own_tiles(spec, sched, pos, q_start, block_q, block_kv)
       # Stream entries are counted over the CTA's items: shift this item's by `base`.
-      shifted_step = lambda e, j, carry, masked: step(base + e, j, carry, masked=masked)
-      acc, m, l = sched.consume(mine, shifted_step, lambda e, carry: skip(base + e, carry), carry)
+      shifted_skip = lambda e, carry: skip(base + e, carry)
+      if overlap and not interpretable:
+        acc, m, l = _overlapped(
+            sched, mine, base, carry, shifted_skip, softmax=softmax, q_tile=q_tile,
+            ring=ring, k_smem=k_smem, v_smem=v_smem, k_full=k_full, v_full=v_full,
+            k_free=k_free, v_free=v_free, turn=turn, sync_turn=sync_turn, shape=shape)
+      else:
+        shifted_step = lambda e, j, carry, masked: step(base + e, j, carry, masked=masked)
+        acc, m, l = sched.consume(mine, shifted_step, shifted_skip, carry)
       pl.when(wg == 0)(sync_turn)
       return acc, m, l, q_pos
 
@@ -231,6 +243,95 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
     common.fori(ring.drain_start(total), total, drain, None)
 
 
+def _overlapped(sched, mine, base, carry, skip, *, softmax, q_tile, ring, k_smem, v_smem,
+                k_full, v_full, k_free, v_free, turn, sync_turn, shape):
+  """A consumer's own tiles with softmax overlapping matrix multiplies in the warpgroup.
+
+  FlashAttention-3's intra-warpgroup pipelining (Shah et al. 2024, Algorithm 2): step e
+  issues Sₑ = Q Kₑᵀ and then O += Pₑ₋₁ Vₑ₋₁, waits only for Sₑ (`wait_n=1`), computes
+  Pₑ while the PV product runs, then rescales O. The first own tile (always masked) only
+  computes P₀, the last PV runs after the loop. The barrier sequence per tile is the
+  plain step's (two turn arrivals, K and V released once), so the ping-pong between the
+  consumers and the skip accounting are unchanged. Native form only.
+  """
+  lo = 0 if sched.listed else sched.cta.lo
+  own_lo = 0 if sched.listed else mine.lo - lo  # own stream entries [own_lo, own_hi)
+  own_hi = sched.count if sched.listed else mine.hi - lo
+
+  def first(e, j, carry):
+    o, m, l = carry
+    slot = ring.slot(e)
+    plgpu.barrier_wait(k_full.at[slot])
+
+    def qk(s_ref):
+      plgpu.wgmma(s_ref, q_tile, k_smem.at[slot].T)
+      sync_turn()
+      return s_ref[...]
+
+    s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32))
+    plgpu.barrier_arrive(k_free.at[slot])
+    p, m, l, _ = softmax(s, m, l, j, True)
+    plgpu.barrier_arrive(turn)
+    plgpu.barrier_wait(turn)
+    return o, m, l, p
+
+  def step(e, j, state, masked):
+    o, m, l, p_prev = state
+    slot, prev = ring.slot(e), ring.slot(e - 1)
+    plgpu.barrier_wait(k_full.at[slot])
+    plgpu.barrier_wait(v_full.at[prev])
+
+    def gemms(refs):
+      o_ref, m_ref, l_ref, p_ref, alpha_ref = refs
+
+      def with_s(s_ref):
+        plgpu.wgmma(s_ref, q_tile, k_smem.at[slot].T)
+        plgpu.wgmma(o_ref, p_prev, v_smem.at[prev])
+        sync_turn()  # my matrix multiplies are issued: the other consumer's may go
+        s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # Sₑ; the PV still runs
+        plgpu.barrier_arrive(k_free.at[slot])
+        p, m_new, l_new, alpha = softmax(s, m_ref[...], l_ref[...], j, masked)
+        m_ref[...], l_ref[...], p_ref[...], alpha_ref[...] = m_new, l_new, p, alpha
+        plgpu.barrier_arrive(turn)  # softmax done
+
+      pl.run_scoped(with_s, plgpu.ACC(shape, jnp.float32))
+
+    o, m, l, p, alpha = pl.run_state(gemms)((plgpu.ACC.init(o), m, l, p_prev, m))
+    plgpu.barrier_arrive(v_free.at[prev])
+    o = o * lax.broadcast_in_dim(alpha, o.shape, [0])
+    plgpu.barrier_wait(turn)  # the other consumer's softmax is done
+    return o, m, l, p
+
+  def last(e, state):
+    o, m, l, p = state
+    slot = ring.slot(e)
+    plgpu.barrier_wait(v_full.at[slot])
+    o = pl.run_state(lambda o_ref: plgpu.wgmma(o_ref, p, v_smem.at[slot]))(plgpu.ACC.init(o))
+    plgpu.barrier_arrive(v_free.at[slot])
+    return o, m, l
+
+  def own(carry):
+    state = first(base + own_lo, sched.tile(own_lo), carry)
+    if sched.listed:
+      full = jnp.maximum(sched.ex.full[sched.b, sched.row], 1)
+      run = lambda masked: lambda c, st: step(base + c, sched.tile(c), st, masked)
+      state = common.fori(1, full, run(False), state)
+      state = common.fori(full, own_hi, run(True), state)
+    else:
+      rest = masks.ordered(mine.lo + 1, mine.full_lo, mine.full_hi, mine.hi)
+      state = masks.fold_tiles(rest, lambda j, st, masked: step(
+          base + j - lo, j, st, masked), state)
+    return last(base + own_hi - 1, state)
+
+  carry = common.fori(0, own_lo, skip, carry)
+  nonempty = own_hi > own_lo
+  if isinstance(nonempty, bool):
+    carry = own(carry) if nonempty else carry
+  else:
+    carry = lax.cond(nonempty, own, lambda c: c, carry)
+  return common.fori(own_hi, sched.count, skip, carry)
+
+
 def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: MaskSpec,
             score_mod: ScoreMod, config: MosaicGpuConfig, interpret: bool = False,
             interpretable: bool | None = None):
@@ -283,7 +384,7 @@ def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: Mas
   kernel = functools.partial(
       _forward_kernel, names=names, scale=scale, spec=spec, score_mod=score_mod, block_q=block_q,
       block_kv=block_kv, stages=stages, groups=n // kv_heads, num_q_ctas=num_q_ctas,
-      heads=n, batch=b, q_bufs=q_bufs, interpretable=interpretable)
+      heads=n, batch=b, q_bufs=q_bufs, overlap=config.overlap, interpretable=interpretable)
   out, lse = plgpu.kernel(
       kernel,
       out_type=[jax.ShapeDtypeStruct(q.shape, dtype),
