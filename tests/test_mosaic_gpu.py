@@ -151,7 +151,13 @@ def test_against_oracle_native(name):
 @needs_hopper
 @pytest.mark.parametrize("name", [*CASES, *GPU_CASES])
 def test_overlapped_softmax_native(name):
-  """The forward with FlashAttention-3's intra-warpgroup overlap (native form only)."""
+  """The forward with FlashAttention-3's intra-warpgroup overlap (native form only).
+
+  It runs where a consumer's tiles are known at trace time (the non-causal cases
+  without window or runtime lengths: full-gqa-ragged, with its masked ragged last tile,
+  full-h128-gqa, full-h192); the other cases check that asking for it elsewhere keeps
+  the plain loop's results.
+  """
   import dataclasses
   from jflash.kernels.mosaic_gpu.config import default_config, kernel_head_dim
   case = {**CASES, **GPU_CASES}[name]
