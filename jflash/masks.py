@@ -158,6 +158,23 @@ class MaskSpec:
         self.q_len if q_lengths is None else jnp.clip(q_lengths, 0, self.q_len),
         self.kv_len if kv_lengths is None else jnp.clip(kv_lengths, 0, self.kv_len))
 
+  def packed_positions(self, q_offset=None, q_lengths=None, kv_lengths=None):
+    """[B, 3] int32 (q_offset, query length, key length) from the runtime [B] operands,
+    static values broadcast: the kernels' operand read by :meth:`read_positions`."""
+    positions = self.batch_positions(q_offset, q_lengths, kv_lengths)
+    b = next(x.shape[0] for x in positions if not isinstance(x, int))
+    return jnp.stack([jnp.broadcast_to(jnp.asarray(x, jnp.int32), (b,)) for x in positions],
+                     axis=1)
+
+  def read_positions(self, packed, b) -> Positions:
+    """The Positions of batch element `b`: runtime values read from `packed` (a [B, 3]
+    array or kernel ref from :meth:`packed_positions`, or None), static ones otherwise."""
+    if packed is None:
+      return self.positions()
+    return self.positions(offset=packed[b, 0] if self.dynamic_offset else None,
+                          q_len=packed[b, 1] if self.q_lengths else None,
+                          kv_len=packed[b, 2] if self.kv_lengths else None)
+
   def visible(self, q_pos, kv_pos, pos: Positions | None = None):
     """Boolean array: query index `q_pos` sees key index `kv_pos` (broadcasting).
 

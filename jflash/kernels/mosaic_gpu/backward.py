@@ -99,6 +99,24 @@ def _store_own(pairs):
   # it reuses the buffers, and the kernel waits for every store at its end.
 
 
+def _run_items(wg, consumers: int, local_items, item, consume_item, produce_item, stream):
+  """A CTA's work items, warp-specialised: each consumer warpgroup (240 registers) runs
+  ``consume_item(base, *item(k))`` and the producer (24) ``produce_item(k, base)`` for k
+  in [0, local_items), `base` counting the stream entries of the earlier items; the
+  consumers then wait for their last stores, the producer for the last frees."""
+
+  @pl.when(wg < consumers)
+  def _consumer():
+    plgpu.set_max_registers(240, action="increase")
+    lax.fori_loop(0, local_items, lambda k, base: consume_item(base, *item(k)), jnp.int32(0))
+    plgpu.wait_smem_to_gmem(0)
+
+  @pl.when(wg == consumers)
+  def _producer():
+    plgpu.set_max_registers(24, action="decrease")
+    stream.drain(lax.fori_loop(0, local_items, produce_item, jnp.int32(0)))
+
+
 def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
                rows: int, heads: int, batch: int, interpretable: bool, consumers: int):
@@ -168,12 +186,6 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
     _store_own([((dq * scale).astype(q_ref.dtype), q_tile, dq_ref.at[b, rows_, head])])
     return base + sched.count
 
-  @pl.when(wg < consumers)
-  def _consumer():
-    plgpu.set_max_registers(240, action="increase")
-    lax.fori_loop(0, local_items, lambda k, base: consume_item(base, *item(k)), jnp.int32(0))
-    plgpu.wait_smem_to_gmem(0)
-
   def produce_item(k, base):
     head, b, _, _, sched = item(k)
     kv_head = lax.div(head, jnp.int32(groups))
@@ -189,10 +201,7 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
     return stream.produce(sched.count, sources, base)
 
-  @pl.when(wg == consumers)
-  def _producer():
-    plgpu.set_max_registers(24, action="decrease")
-    stream.drain(lax.fori_loop(0, local_items, produce_item, jnp.int32(0)))
+  _run_items(wg, consumers, local_items, item, consume_item, produce_item, stream)
 
 
 def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
@@ -317,12 +326,6 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
     return base + groups * n
 
-  @pl.when(wg < CONSUMERS)
-  def _consumer():
-    plgpu.set_max_registers(240, action="increase")
-    lax.fori_loop(0, local_items, lambda k, base: consume_item(base, *item(k)), jnp.int32(0))
-    plgpu.wait_smem_to_gmem(0)
-
   def produce_item(k, base):
     kv_head, b, _, _, sched = item(k)
     n = sched.count
@@ -339,10 +342,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
     return stream.produce(groups * n, sources, base)
 
-  @pl.when(wg == CONSUMERS)
-  def _producer():
-    plgpu.set_max_registers(24, action="decrease")
-    stream.drain(lax.fori_loop(0, local_items, produce_item, jnp.int32(0)))
+  _run_items(wg, CONSUMERS, local_items, item, consume_item, produce_item, stream)
 
 
 def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale: float, spec: MaskSpec, score_mod: ScoreMod,

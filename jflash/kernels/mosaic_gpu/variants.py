@@ -46,11 +46,7 @@ class Extras(NamedTuple):
 
   def positions(self, spec: MaskSpec, b) -> Positions:
     """The positional mask values of batch element `b` (static ints where possible)."""
-    if self.pos is None:
-      return spec.positions()
-    return spec.positions(offset=self.pos[b, 0] if spec.dynamic_offset else None,
-                          q_len=self.pos[b, 1] if spec.q_lengths else None,
-                          kv_len=self.pos[b, 2] if spec.kv_lengths else None)
+    return spec.read_positions(self.pos, b)
 
   def segment_ids(self, ref_name: str, b, start, size: int, dim: int):
     """Segment ids [start, start + size) of batch `b`, laid out along `dim` of a score tile."""
@@ -74,8 +70,8 @@ def inputs(spec: MaskSpec, operands: Operands, *, batch: int, t_pad: int, s_pad:
   arrays, names = [], []
   positions = spec.batch_positions(operands.q_offset, operands.q_lengths, operands.kv_lengths)
   if spec.dynamic_positions:
-    arrays.append(jnp.stack([jnp.broadcast_to(jnp.asarray(x, jnp.int32), (batch,))
-                             for x in positions], axis=1))
+    arrays.append(spec.packed_positions(operands.q_offset, operands.q_lengths,
+                                        operands.kv_lengths))
     names.append("pos")
   if spec.segment_ids:
     for ids, length in ((operands.q_segment_ids, t_pad), (operands.kv_segment_ids, s_pad)):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jflash import masks, schedule
@@ -51,11 +50,7 @@ class Extras(NamedTuple):
 
   def positions(self, spec: MaskSpec, b) -> Positions:
     """The positional mask values of batch element `b` (static ints where possible)."""
-    if self.pos is None:
-      return spec.positions()
-    return spec.positions(offset=self.pos[b, 0] if spec.dynamic_offset else None,
-                          q_len=self.pos[b, 1] if spec.q_lengths else None,
-                          kv_len=self.pos[b, 2] if spec.kv_lengths else None)
+    return spec.read_positions(self.pos, b)
 
 
 def _whole(x):
@@ -80,9 +75,7 @@ def inputs(spec: MaskSpec, score_mod: ScoreMod, operands: Operands, *, batch: in
 
   positions = spec.batch_positions(operands.q_offset, operands.q_lengths, operands.kv_lengths)
   if spec.dynamic_positions:
-    b = next(x.shape[0] for x in positions if not isinstance(x, int))
-    add("pos", jnp.stack([jnp.broadcast_to(jnp.asarray(x, jnp.int32), (b,)) for x in positions],
-                         axis=1))
+    add("pos", spec.packed_positions(operands.q_offset, operands.q_lengths, operands.kv_lengths))
   if spec.segment_ids:
     add("q_seg", operands.q_segment_ids, q_seg_spec)
     add("kv_seg", operands.kv_segment_ids, kv_seg_spec)
