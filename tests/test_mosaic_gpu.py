@@ -3,8 +3,10 @@
 On a CPU the kernels run in Mosaic GPU interpret mode with race detection (their
 interpretable form: Kᵀ pre-transposed, P through shared memory); small shapes keep it
 fast, yet cover both consumers' different tile ranges, ragged T and S, GQA, padded
-head dims, windows, an offset and soft-cap. On a Hopper GPU the same cases, and larger
-ones, run natively in both forms.
+head dims, windows, offsets and lengths (static and per batch element), packing with
+segment ids, soft-cap, and persistent CTAs that run several work items (3 CTAs in
+interpret mode). On a Hopper GPU the same cases, and larger ones, run natively in both
+forms, and with the intra-warpgroup overlap that only the native form has.
 """
 
 from __future__ import annotations
