@@ -129,7 +129,7 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   q_smem, do_smem, lse_smem, delta_smem = own
   wg = lax.axis_index("wg")
   local_items, item_index = common.work_items(rows * heads * batch)  # persistent
-  stream = common.Stream(bufs, full, free, common.Ring(stages, 0))
+  stream = common.Stream(bufs, full, free, common.Ring(stages))
 
   def item(k):
     """(head, b, first query row, positions, schedule) of the CTA's k-th work item."""
@@ -166,11 +166,8 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       s = _matmul(q_tile, k_t, shape)
       dp = _matmul(do_tile, v_t, shape)
       kv_pos = j * block_kv + kv_iota
-      visible = None
-      if masked:
-        kv_seg = (ex.segment_ids("kv_seg", b, j * block_kv, block_kv, 1)
-                  if spec.segment_ids else None)
-        visible = variants.visible(spec, pos, q_pos, kv_pos, q_seg, kv_seg, 0)
+      visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, q_seg, j * block_kv, 0)
+                 if masked else None)
       p, dz = _probabilities(s, lse2, scale=scale, score_mod=score_mod,
                              q_pos=q_pos + pos.offset, kv_pos=kv_pos, lse_dim=0,
                              visible=visible)
@@ -222,7 +219,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   wg = lax.axis_index("wg")
   rows_per_cta = block_kv if split else CONSUMERS * block_kv
   local_items, item_index = common.work_items(rows * heads * batch)  # persistent
-  stream = common.Stream(bufs, full, free, common.Ring(stages, 0))
+  stream = common.Stream(bufs, full, free, common.Ring(stages))
 
   def item(k):
     """(kv head, b, first key row, positions, schedule) of the CTA's k-th work item.
@@ -281,11 +278,8 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         lse2 = plgpu.load(lse_tile, layout=WGMMA.reduce(0))
         s_t = _matmul(k_tile, q_t, shape)
         q_pos = i * block_q + q_iota
-        visible = None
-        if masked:
-          q_seg = (ex.segment_ids("q_seg", b, i * block_q, block_q, 1)
-                   if spec.segment_ids else None)
-          visible = variants.visible(spec, pos, q_pos, kv_pos, q_seg, kv_seg, 1)
+        visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, kv_seg, i * block_q, 1)
+                   if masked else None)
         p_t, dz = _probabilities(s_t, lse2, scale=scale, score_mod=score_mod,
                                  q_pos=q_pos + pos.offset, kv_pos=kv_pos, lse_dim=1,
                                  visible=visible)

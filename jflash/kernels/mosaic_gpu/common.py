@@ -19,23 +19,18 @@ Index = Any  # a Python int or a traced int32 scalar
 
 @dataclasses.dataclass(frozen=True)
 class Ring:
-  """A ring of `stages` shared-memory slots filled with tiles first, first + 1, ..."""
+  """A ring of `stages` shared-memory slots filled with stream entries 0, 1, 2, ..."""
 
   stages: int
-  first: Index
 
-  def slot(self, j):
-    return lax.rem(j - self.first if not _is_zero(self.first) else j, jnp.int32(self.stages))
+  def slot(self, e):
+    return lax.rem(e, jnp.int32(self.stages))
 
   def drain_start(self, end: Index) -> Index:
-    """The first of the last `stages` tiles before `end` (the ones still in the ring)."""
-    if isinstance(end, int) and isinstance(self.first, int):
-      return max(self.first, end - self.stages)
-    return jnp.maximum(self.first, end - self.stages)
-
-
-def _is_zero(x) -> bool:
-  return isinstance(x, int) and x == 0
+    """The first of the last `stages` entries before `end` (the ones still in the ring)."""
+    if isinstance(end, int):
+      return max(0, end - self.stages)
+    return jnp.maximum(0, end - self.stages)
 
 
 def _clamp(x, lo, hi):

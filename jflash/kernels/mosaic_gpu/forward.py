@@ -62,7 +62,7 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   # Persistent: each CTA runs several work items (one each when there are as many CTAs).
   local_items, item_index = common.work_items(num_q_ctas * heads * batch)
   wg = lax.axis_index("wg")
-  ring = common.Ring(stages, 0)  # slots by stream entry, counted over all the CTA's items
+  ring = common.Ring(stages)  # slots by stream entry, counted over all the CTA's items
   rows_per_cta = CONSUMERS * block_q
 
   def item(k):
@@ -101,9 +101,7 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       q_seg = ex.segment_ids("q_seg", b, q_start, block_q, 0) if spec.segment_ids else None
 
       def visible(j, kv_pos):
-        kv_seg = (ex.segment_ids("kv_seg", b, j * block_kv, block_kv, 1)
-                  if spec.segment_ids else None)
-        return variants.visible(spec, pos, q_pos, kv_pos, q_seg, kv_seg, 0)
+        return variants.visible(ex, spec, pos, b, q_pos, kv_pos, q_seg, j * block_kv, 0)
 
       def softmax(s, m, l, j, masked):
         """(P in the input dtype, new m, new l, alpha) after raw scores s of key tile j."""

@@ -155,12 +155,18 @@ def own_tiles(spec: MaskSpec, sched: Schedule, pos: Positions, start: Index, row
   return common.clamp_tiles(tiles(start, rows, cols, pos), sched.cta)
 
 
-def visible(spec, pos, q_pos, kv_pos, q_seg, kv_seg, q_dim):
-  """What a masked tile shows: the positional mask and, with segment ids (q_seg, kv_seg
-  1-D, along dims `q_dim` and 1 - `q_dim` of the tile), equal ids only."""
+def visible(ex: Extras, spec: MaskSpec, pos: Positions, b, q_pos, kv_pos, own_seg,
+            start: Index, q_dim: int):
+  """What a masked tile shows: the positional mask and, with segment ids, equal ids only.
+
+  The tile is [rows, cols] with queries along `q_dim`; `own_seg` are the segment ids of
+  the CTA's own side (the other dim's, queries if q_dim == 0), the streamed side's are
+  loaded here from `start`.
+  """
   vis = spec.visible(q_pos, kv_pos, pos)
-  if q_seg is None:
+  if not spec.segment_ids:
     return vis
-  shape = q_pos.shape
-  return vis & (lax.broadcast_in_dim(q_seg, shape, [q_dim])
-                == lax.broadcast_in_dim(kv_seg, shape, [1 - q_dim]))
+  shape = q_pos.shape  # own side along dim 0, the streamed side along dim 1
+  streamed = ex.segment_ids("kv_seg" if q_dim == 0 else "q_seg", b, start, shape[1], 1)
+  return vis & (lax.broadcast_in_dim(own_seg, shape, [0])
+                == lax.broadcast_in_dim(streamed, shape, [1]))
