@@ -148,8 +148,12 @@ class Backend(abc.ABC):
 
   @abc.abstractmethod
   def backward(self, q, k, v, operands: Operands, lse, delta, do, *, scale: float,
-               spec: MaskSpec, score_mod: ScoreMod, config: Any, interpret: bool):
+               spec: MaskSpec, score_mod: ScoreMod, config: Any, interpret: bool,
+               deterministic: bool):
     """(dq, dk, dv, dbias): dq, dk, dv with the shapes and dtypes of (q, k, v).
+
+    With `deterministic` the gradients must be bitwise identical run to run; without,
+    the backend may reduce in an unordered way (atomics) where that is faster.
 
     dbias is None unless ``score_mod.bias_grad``; then it is dL/dbias in float32 as a full
     [B, N, T, S] array, not summed over the bias's broadcast axes (summing inside a
@@ -190,6 +194,7 @@ class Plan:
   backend: str
   config: Any
   interpret: bool = False
+  deterministic: bool = True
 
   def forward(self, q, k, v, operands, *, scale, spec, score_mod):
     return get(self.backend).forward(q, k, v, operands, scale=scale, spec=spec,
@@ -199,7 +204,8 @@ class Plan:
   def backward(self, q, k, v, operands, lse, delta, do, *, scale, spec, score_mod):
     return get(self.backend).backward(q, k, v, operands, lse, delta, do, scale=scale,
                                       spec=spec, score_mod=score_mod, config=self.config,
-                                      interpret=self.interpret)
+                                      interpret=self.interpret,
+                                      deterministic=self.deterministic)
 
 
 def plan(implementation: str | None, problem: Problem, device: jax.Device | None, *,
@@ -269,7 +275,7 @@ def _with_config(backend: Backend, problem: Problem, device, interpret: bool, co
     config = backend.default_config(problem, device)
   else:
     backend.check_config(config, problem, device)
-  return Plan(backend.name, config, interpret)
+  return Plan(backend.name, config, interpret, problem.deterministic)
 
 
 def _interpretable() -> list[str]:

@@ -220,6 +220,43 @@ def test_bitwise_deterministic():
   chex.assert_trees_all_equal(f(q, k, v, do), f(q, k, v, do))
 
 
+FUSED_CASES = ["full-gqa-ragged", "causal-h96-two-ctas", "segments-causal",
+               "lengths-offset-causal"]
+
+
+def _nondeterministic(case):
+  return (*case[:-1], {**case[-1], "deterministic": False})
+
+
+@needs_hopper
+@pytest.mark.parametrize("name", FUSED_CASES)
+def test_fused_backward(name):
+  """deterministic=False: one fused kernel, dQ by fp32 reduce-adds (here: GQA with ragged
+  T and S, H=96 with its 64-byte swizzle, packing, runtime offsets and lengths)."""
+  _check(_nondeterministic(CASES[name]))
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("name", [*CASES, *GPU_CASES])
+def test_fused_backward_native(name):
+  """The fused backward natively on every case (H > 128 runs the two kernels)."""
+  _check(_nondeterministic({**CASES, **GPU_CASES}[name]))
+
+
+@needs_hopper
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_backward_kernels_by_flag(deterministic):
+  """deterministic=True runs the dQ and dK/dV kernels; False only the fused one (H <= 128)."""
+  q, k, v, do = random_inputs(0, 1, 128, 128, 2, 1, 64, BF16)
+  f = lambda *a: jax.vjp(lambda *x: jflash.attention(
+      *x, implementation="mosaic_gpu", interpret=not ON_GPU, deterministic=deterministic),
+      *a[:3])[1](a[3])
+  text = str(jax.make_jaxpr(f)(q, k, v, do))
+  assert "jflash_mgpu_bwd_dkv" in text
+  assert ("jflash_mgpu_bwd_dq" in text) == deterministic
+
+
 def test_unsupported_variant_names_triton():
   q, k, v, _ = random_inputs(0, 1, 64, 64, 2, 1, 64, BF16)
   bias = jnp.zeros((1, 2, 64, 64), jnp.float32)

@@ -68,10 +68,11 @@ class MosaicGpuBackend(backends.Backend):
                            config=config, interpret=interpret)
 
   def backward(self, q, k, v, operands, lse, delta, do, *, scale, spec, score_mod, config,
-               interpret):
+               interpret, deterministic):
     from jflash.kernels.mosaic_gpu import backward as kernels  # pylint: disable=g-import-not-at-top
     dq, dk, dv = kernels.backward(q, k, v, lse, delta, do, operands, scale=scale, spec=spec,
-                                  score_mod=score_mod, config=config, interpret=interpret)
+                                  score_mod=score_mod, config=config, interpret=interpret,
+                                  deterministic=deterministic)
     return dq, dk, dv, None
 
 

@@ -13,6 +13,11 @@ warpgroups that each own 64-row tiles of the other side and accumulate in regist
 * dQ: a CTA holds 2 * ``bwd_block_q`` queries and streams the key/value tiles they see:
   S = Q Kᵀ, dP = dO Vᵀ, dQ += dS K.
 
+* fused (``deterministic=False``, H <= 128): the dK/dV kernel also computes each
+  consumer's share of dQ, dS K over its own keys, and TMA-reduce-adds it in fp32 into a
+  zeroed dQ accumulator (FlashAttention-3's backward): 5 matrix multiplies per tile
+  instead of 7, at the price of an unordered sum (not bitwise reproducible).
+
 Both recompute P = exp(scale q.k - lse) from the forward pass's lse and use delta =
 rowsum(dO * O) - dL/dlse. As in the forward, the native form reads transposed operands
 through transposed shared-memory views and feeds Pᵀ, dSᵀ and dS to wgmma from
@@ -33,7 +38,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jflash.backends import Operands
 from jflash.kernels.mosaic_gpu import common, variants
-from jflash.kernels.mosaic_gpu.config import SMEM_BYTES, MosaicGpuConfig, dq_smem_bytes, kernel_head_dim
+from jflash.kernels.mosaic_gpu.config import (SMEM_BYTES, MosaicGpuConfig, dq_smem_bytes,
+                                              fused_smem_bytes, kernel_head_dim, swizzle_bytes)
 from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
 
@@ -78,6 +84,29 @@ def _accumulate(acc, a, b, a_smem):
   a_smem[...] = a
   plgpu.commit_smem()
   return acc + _matmul(a_smem, b, acc.shape)
+
+
+def _dq_partial(ds_t, k_tile, ds_smem, dq_smem, dq_out, interpretable: bool):
+  """Fused backward: a consumer's share of one query tile's dQ, dS K over its own keys
+  (fp32, unscaled), added into `dq_out` by a TMA reduce-add. The interpreter has no TMA
+  reductions: the interpretable form stores it to a slice of its own (summed afterwards).
+
+  ds_t: dSᵀ [keys, queries] in registers; ds_smem: its buffer, [keys, queries] (native:
+  wgmma reads it transposed) or [queries, keys] (interpretable); dq_smem: fp32
+  [queries, H], whose previous reduce-add must have read it before it is overwritten.
+  """
+  if interpretable:
+    ds_smem[...] = ds_t.T
+    lhs = ds_smem
+  else:
+    ds_smem[...] = ds_t
+    lhs = ds_smem.T
+  plgpu.commit_smem()
+  part = _matmul(lhs, k_tile, dq_smem.shape)
+  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+  dq_smem[...] = part
+  plgpu.commit_smem()
+  plgpu.copy_smem_to_gmem(dq_smem, dq_out, reduction_op=None if interpretable else "add")
 
 
 def _load_own(copies, barriers, wg):
@@ -203,18 +232,22 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
 def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                 score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
-                rows: int, heads: int, batch: int, interpretable: bool, split: bool):
+                rows: int, heads: int, batch: int, interpretable: bool, split: bool,
+                fused: bool):
   # k, v, dk, dv: [B, Sp, K, H]; q, do: [B, Tp, N, H]; lse2, delta: [B, N, Tp];
   # interpretable form: also qt, dot [B, N, H, Tp] (Qᵀ, dOᵀ). With `split` (H > 128,
   # where dK and dV of 64 rows do not both fit one warpgroup's registers) the two
   # consumers share one key tile: consumer 0 accumulates dV, consumer 1 dK. Then the
-  # variants' inputs (`names`). `heads` are the K key/value heads.
+  # variants' inputs (`names`). `heads` are the K key/value heads. With `fused`, a
+  # zeroed fp32 dQ accumulator ref follows, [B, Tp, N, H] (interpretable form: one per
+  # consumer and key row block, [rows * 2, B, Tp, N, H]), with ds/dq scratch at the end.
   n_in = 8 if interpretable else 6
   k_ref, v_ref, q_ref, do_ref, *rest = refs[:n_in]
   qt_ref, dot_ref = rest[:2] if interpretable else (None, None)
   lse_ref, delta_ref = rest[-2:]
   ex, rest = variants.split(refs[n_in:], names)
-  dk_ref, dv_ref, own, own_bars, bufs, full, free, p_smem, done = rest
+  dq_acc, rest = (rest[0], rest[1:]) if fused else (None, rest)
+  dk_ref, dv_ref, own, own_bars, bufs, full, free, p_smem, done, *dq_scratch = rest
   k_smem, v_smem = own
   wg = lax.axis_index("wg")
   rows_per_cta = block_kv if split else CONSUMERS * block_kv
@@ -265,6 +298,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
     mine = variants.own_tiles(spec, sched, pos, kv_start, block_kv, block_q, transpose=True)
     a_smem = p_smem.at[wg] if interpretable else None
     kv_seg = (ex.segment_ids("kv_seg", b, kv_start, block_kv, 0) if spec.segment_ids else None)
+    writer = lax.div(cta_start, jnp.int32(rows_per_cta)) * CONSUMERS + wg  # interpretable
 
     def one_head(g, carry, does_dk: bool, does_dv: bool):
 
@@ -289,9 +323,14 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         if does_dk:
           delta = plgpu.load(delta_tile, layout=WGMMA.reduce(0))
           dp_t = _matmul(v_tile, do_t, shape)
-          ds_t = _score_grads(p_t, dp_t, delta, dz, 1)
-          out.append(_accumulate(carry[len(out)], ds_t.astype(q_ref.dtype), q_tile, a_smem))
+          ds_t = _score_grads(p_t, dp_t, delta, dz, 1).astype(q_ref.dtype)
+          out.append(_accumulate(carry[len(out)], ds_t, q_tile, a_smem))
         stream.release(slot)
+        if fused:
+          at = (b, pl.ds(i * block_q, block_q), kv_head * groups + g)
+          ds_smem, dq_smem = dq_scratch
+          _dq_partial(ds_t, k_tile, ds_smem.at[wg], dq_smem.at[wg],
+                      dq_acc.at[(writer, *at) if interpretable else at], interpretable)
         return tuple(out)
 
       return sched.consume(mine, step, stream.skip, carry, base=base + g * n)
@@ -341,7 +380,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
 def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale: float, spec: MaskSpec, score_mod: ScoreMod,
              config: MosaicGpuConfig, interpret: bool = False,
-             interpretable: bool | None = None):
+             interpretable: bool | None = None, deterministic: bool = True):
   """Attention backward pass on a Hopper GPU (or Mosaic GPU interpret mode).
 
   Args:
@@ -353,9 +392,12 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
     scale, spec, score_mod: as in the forward pass.
     config: `bwd_block_q`, `bwd_block_kv`, `bwd_num_stages`, `bwd_persistent` are used.
     interpret, interpretable: as in :func:`.forward.forward`.
+    deterministic: True runs the dQ and dK/dV kernels (bitwise reproducible); False
+      runs the fused kernel (dQ by unordered fp32 TMA reduce-adds) where it applies:
+      H <= 128 and its tiles fit in shared memory; elsewhere the two kernels.
 
   Returns:
-    (dq, dk, dv) with the shapes and dtypes of (q, k, v); bitwise deterministic.
+    (dq, dk, dv) with the shapes and dtypes of (q, k, v).
   """
   interpretable = interpret if interpretable is None else interpretable
   b, t, n, h = q.shape
@@ -368,6 +410,10 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   # (H = 256: 256 KiB), then one. dK/dV: past H = 128, one key tile split by dK and dV.
   consumers_dq = 2 if dq_smem_bytes(2, block_q, block_kv, stages, h_pad, itemsize) <= SMEM_BYTES else 1
   split = h_pad > 128
+  fused = not (deterministic or split) and (
+      interpret or fused_smem_bytes(block_q, block_kv, stages, h_pad, itemsize) <= SMEM_BYTES)
+  if fused:
+    consumers_dq = 1  # no dQ kernel: Q padded to whole query tiles only
   q_multiple = consumers_dq * block_q
   kv_multiple = block_kv if split else CONSUMERS * block_kv
   q, k, v = common.pad_inputs(q, k, v, q_multiple, kv_multiple)
@@ -392,7 +438,7 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   c = consumers_dq
   extras, names = variants.inputs(spec, operands, batch=b, t_pad=t_pad, s_pad=s_pad,
                                   rows=q_multiple, cols=block_kv)
-  dq = plgpu.kernel(
+  dq = None if fused else plgpu.kernel(
       functools.partial(_dq_kernel, consumers=c, names=names, rows=t_pad // q_multiple,
                         heads=n, batch=b, **params),
       out_type=jax.ShapeDtypeStruct(q.shape, dtype),
@@ -406,7 +452,7 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
       grid=(common.num_ctas(t_pad // q_multiple * n * b, config.bwd_persistent, interpret),),
       grid_names=("cta",), num_threads=c + 1,
       kernel_name="jflash_mgpu_bwd_dq", **mosaic,
-  )(q, do, lse2, delta, *kv_in, *extras)
+  )(q, do, lse2, delta, *kv_in, *extras) if not fused else None
 
   q_tiles = [(rows_q, dtype)] * 2
   if interpretable:
@@ -416,9 +462,16 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   own = 1 if split else CONSUMERS
   extras, names = variants.inputs(spec, operands, batch=b, t_pad=t_pad, s_pad=s_pad,
                                   rows=kv_multiple, cols=block_q, transpose=True)
-  dk, dv = plgpu.kernel(
-      functools.partial(_dkv_kernel, split=split, names=names, rows=s_pad // kv_multiple,
-                        heads=kv_heads, batch=b, **params),
+  fused_scratch = []
+  if fused:  # the zeroed fp32 dQ accumulator (interpretable: a slice per writer), dS, dQ
+    writers = (s_pad // kv_multiple * CONSUMERS,) if interpretable else ()
+    dq_acc = jnp.zeros((*writers, *q.shape), jnp.float32)
+    ds_shape = (CONSUMERS, block_q, block_kv) if interpretable else (CONSUMERS, block_kv, block_q)
+    fused_scratch = [smem(ds_shape, swizzle=swizzle_bytes(h_pad, dtype)),
+                     common.smem((CONSUMERS, block_q, h_pad), jnp.float32)]
+  dkv_kernel = plgpu.kernel(
+      functools.partial(_dkv_kernel, split=split, fused=fused, names=names,
+                        rows=s_pad // kv_multiple, heads=kv_heads, batch=b, **params),
       out_type=[jax.ShapeDtypeStruct(k.shape, dtype)] * 2,
       scratch_types=[
           (smem((own, *rows_kv)), smem((own, *rows_kv))),
@@ -426,12 +479,25 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
           *common.stream_scratch(q_tiles, stages, CONSUMERS),
           smem((CONSUMERS, block_kv, block_q)) if interpretable else None,
           plgpu.Barrier(num_arrivals=CONSUMERS),
+          *fused_scratch,
       ],
       grid=(common.num_ctas(s_pad // kv_multiple * kv_heads * b, config.bwd_persistent,
                             interpret),),
       grid_names=("cta",),
       num_threads=CONSUMERS + 1, kernel_name="jflash_mgpu_bwd_dkv", **mosaic,
-  )(k, v, q, do, *q_in[2:], lse2, delta, *extras)
+  )
+  dkv_in = (k, v, q, do, *q_in[2:], lse2, delta, *extras)
+  if fused:
+    # The kernel adds into the accumulator in place: a ref, scoped by run_state (a ref
+    # made with jax.new_ref cannot cross the custom_vjp around this backward pass).
+    def run(refs):
+      acc_ref, dk_ref, dv_ref = refs
+      dk_ref[...], dv_ref[...] = dkv_kernel(*dkv_in, acc_ref)
+
+    dq, dk, dv = pl.run_state(run)((dq_acc, jnp.empty_like(k), jnp.empty_like(v)))
+    dq = ((dq.sum(0) if interpretable else dq) * scale).astype(dtype)
+  else:
+    dk, dv = dkv_kernel(*dkv_in)
   if interpret:
     common.check_races(dq, dk, dv)
   s_len = spec.kv_len

@@ -54,9 +54,11 @@ def fori(lo: Index, hi: Index, body, carry):
   return lax.fori_loop(lo, hi, body, carry)
 
 
-def smem(shape, dtype):
-  """A shared-memory buffer of 16-bit tiles in the layout TMA and wgmma use (swizzled)."""
-  swizzle = swizzle_bytes(shape[-1], dtype)
+def smem(shape, dtype, swizzle: int | None = None):
+  """A shared-memory buffer in the tiled, swizzled layout TMA and wgmma use; `swizzle`
+  bytes (default: the widest that divides a row; wgmma needs equal swizzles on both
+  operands)."""
+  swizzle = swizzle or swizzle_bytes(shape[-1], dtype)
   tiling = plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize))
   return plgpu.SMEM(shape, dtype, transforms=(tiling, plgpu.SwizzleTransform(swizzle)))
 

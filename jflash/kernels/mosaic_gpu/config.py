@@ -104,6 +104,17 @@ def dq_smem_bytes(consumers: int, block_q: int, block_kv: int, stages: int, head
   return own + 2 * stages * block_kv * head_dim * itemsize + 1024
 
 
+def fused_smem_bytes(block_q: int, block_kv: int, stages: int, head_dim: int,
+                     itemsize: int) -> int:
+  """Shared memory of the native fused backward: K and V of two consumers, the Q/dO/lse/
+  delta ring, each consumer's dS tile and fp32 dQ partial."""
+  own = 2 * 2 * block_kv * head_dim * itemsize
+  ring = stages * (2 * block_q * head_dim * itemsize + 2 * block_q * 4)
+  ds = 2 * block_kv * block_q * itemsize
+  dq = 2 * block_q * head_dim * 4
+  return own + ring + ds + dq + 1024
+
+
 def default_config(head_dim: int, is_causal: bool, q_len: int | None = None) -> MosaicGpuConfig:
   """The forward and backward tiles for head dim `head_dim` (after padding), T = `q_len`."""
   # Measured on an H200 (BUILD_NOTES, issue 10 log): at H=64, backward query tiles of

@@ -53,7 +53,8 @@ class TritonBackend(backends.Backend):
                            config=config, interpret=interpret)
 
   def backward(self, q, k, v, operands, lse, delta, do, *, scale, spec, score_mod, config,
-               interpret):
+               interpret, deterministic):
+    del deterministic  # deterministic either way: no atomics
     from jflash.kernels.triton import backward as kernels  # pylint: disable=g-import-not-at-top
     return kernels.backward(q, k, v, operands, lse, delta, do, scale=scale, spec=spec,
                             score_mod=score_mod, config=config, interpret=interpret)

@@ -25,8 +25,8 @@ class XlaBackend(backends.Backend):
                              config=config)
 
   def backward(self, q, k, v, operands, lse, delta, do, *, scale, spec, score_mod, config,
-               interpret):
-    del interpret
+               interpret, deterministic):
+    del interpret, deterministic  # deterministic either way: no atomics
     from jflash.kernels.xla import blockwise  # pylint: disable=g-import-not-at-top
     return blockwise.backward(q, k, v, operands, lse, delta, do, scale=scale, spec=spec,
                               score_mod=score_mod, config=config)
