@@ -220,8 +220,19 @@ def test_bitwise_deterministic():
   chex.assert_trees_all_equal(f(q, k, v, do), f(q, k, v, do))
 
 
-FUSED_CASES = ["full-gqa-ragged", "causal-h96-two-ctas", "segments-causal",
-               "lengths-offset-causal"]
+# deterministic=False at H = 128 (padded from 112 and 120 here) splits dQ's columns
+# between the consumers, which then take every tile of their CTA (both masks apply).
+FUSED_CASES = {
+    **{name: CASES[name] for name in ("full-gqa-ragged", "causal-h96-two-ctas",
+                                       "segments-causal", "lengths-offset-causal")},
+    "causal-h112-gqa-ragged": (1, 200, 230, 4, 2, 112, BF16, {"is_causal": True}),
+    "segments-h120-window": (2, 160, 200, 2, 1, 120, F16, {
+        "local_window_size": (40, 30), "key_value_seq_lengths": np.array([200, 150], np.int32),
+        "q_segment_ids": np.repeat(np.array([[1, 2, 3], [4, 4, 5]], np.int32), [30, 100, 30],
+                                   axis=1),
+        "kv_segment_ids": np.repeat(np.array([[1, 2, 3], [4, 4, 5]], np.int32),
+                                    [50, 100, 50], axis=1)}),
+}
 
 
 def _nondeterministic(case):
@@ -232,8 +243,9 @@ def _nondeterministic(case):
 @pytest.mark.parametrize("name", FUSED_CASES)
 def test_fused_backward(name):
   """deterministic=False: one fused kernel, dQ by fp32 reduce-adds (here: GQA with ragged
-  T and S, H=96 with its 64-byte swizzle, packing, runtime offsets and lengths)."""
-  _check(_nondeterministic(CASES[name]))
+  T and S, H=96 with its 64-byte swizzle, packing, runtime offsets and lengths, and the
+  column split at H=128 with causal, windows and tile lists)."""
+  _check(_nondeterministic(FUSED_CASES[name]))
 
 
 @pytest.mark.gpu

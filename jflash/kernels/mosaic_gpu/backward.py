@@ -69,10 +69,12 @@ def _score_grads(p, dp, delta, dz, delta_dim):
   return ds if dz is None else ds * dz
 
 
-def _matmul(a, b, shape):
-  """a @ b on the tensor cores, into a fresh fp32 accumulator of `shape`."""
+def _matmul(a, b, shape, more=()):
+  """a @ b (+ the products of the (a, b) pairs `more`) on the tensor cores, into a fresh
+  fp32 accumulator of `shape`."""
   def body(acc_ref):
-    plgpu.wgmma(acc_ref, a, b)
+    for a_, b_ in ((a, b), *more):
+      plgpu.wgmma(acc_ref, a_, b_)
     return acc_ref[...]
   return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
 
@@ -86,27 +88,48 @@ def _accumulate(acc, a, b, a_smem):
   return acc + _matmul(a_smem, b, acc.shape)
 
 
-def _dq_partial(ds_t, k_tile, ds_smem, dq_smem, dq_out, interpretable: bool):
-  """Fused backward: a consumer's share of one query tile's dQ, dS K over its own keys
-  (fp32, unscaled), added into `dq_out` by a TMA reduce-add. The interpreter has no TMA
-  reductions: the interpretable form stores it to a slice of its own (summed afterwards).
+def _dq_share(ds_t, wg, t, k_smem, ds_smem, dq_smem, ready, dq_out, *, split_cols: bool,
+              interpretable: bool):
+  """Fused backward: a consumer's share of one query tile's dQ (fp32, unscaled), added
+  into `dq_out` ([queries, H] in GMEM) by a TMA reduce-add.
 
-  ds_t: dSᵀ [keys, queries] in registers; ds_smem: its buffer, [keys, queries] (native:
-  wgmma reads it transposed) or [queries, keys] (interpretable); dq_smem: fp32
-  [queries, H], whose previous reduce-add must have read it before it is overwritten.
+  Without `split_cols` the share is dS K over the consumer's own keys, all H columns;
+  with it (H = 128) the consumers first exchange their dS tiles (barrier `ready`) and
+  each computes half of the columns over both consumers' keys: half the registers and
+  half the reduce-add traffic. The interpreter has no TMA reductions (nor transposed
+  operands): the interpretable form stores the share to a slice of its own, summed
+  afterwards, and keeps dS untransposed in shared memory.
+
+  ds_t: dSᵀ [keys, queries] in registers, of stream entry `t`; k_smem: both consumers'
+  key tiles [2, keys, H]; ds_smem: [slots, 2, keys, queries] ([.., queries, keys]
+  interpretable), two slots (by entry parity) with `split_cols`; dq_smem: the fp32
+  staging buffer [2, queries, H or H / 2], reusable once its last reduce-add read it.
   """
-  if interpretable:
-    ds_smem[...] = ds_t.T
-    lhs = ds_smem
-  else:
-    ds_smem[...] = ds_t
-    lhs = ds_smem.T
+  slot = lax.rem(t, jnp.int32(ds_smem.shape[0]))
+  ds_smem.at[slot, wg][...] = ds_t.T if interpretable else ds_t
   plgpu.commit_smem()
-  part = _matmul(lhs, k_tile, dq_smem.shape)
-  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-  dq_smem[...] = part
-  plgpu.commit_smem()
-  plgpu.copy_smem_to_gmem(dq_smem, dq_out, reduction_op=None if interpretable else "add")
+  ds = lambda c: ds_smem.at[slot, c] if interpretable else ds_smem.at[slot, c].T
+
+  def reduce_add(part, out):
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    dq_smem.at[wg][...] = part
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(dq_smem.at[wg], out,
+                            reduction_op=None if interpretable else "add")
+
+  shape = dq_smem.shape[1:]
+  if not split_cols:
+    reduce_add(_matmul(ds(wg), k_smem.at[wg], shape), dq_out)
+    return
+  plgpu.barrier_arrive(ready.at[slot])
+  plgpu.barrier_wait(ready.at[slot])
+  for c in range(CONSUMERS):  # static column slices of K: one branch per consumer
+    cols = pl.ds(c * shape[1], shape[1])
+
+    @pl.when(wg == c)
+    def _share():
+      pairs = [(ds(o), k_smem.at[o, :, cols]) for o in range(CONSUMERS)]
+      reduce_add(_matmul(*pairs[0], shape, more=pairs[1:]), dq_out.at[:, cols])
 
 
 def _load_own(copies, barriers, wg):
@@ -233,20 +256,22 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                 score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
                 rows: int, heads: int, batch: int, interpretable: bool, split: bool,
-                fused: bool):
+                fused: str | None):
   # k, v, dk, dv: [B, Sp, K, H]; q, do: [B, Tp, N, H]; lse2, delta: [B, N, Tp];
   # interpretable form: also qt, dot [B, N, H, Tp] (Qᵀ, dOᵀ). With `split` (H > 128,
   # where dK and dV of 64 rows do not both fit one warpgroup's registers) the two
   # consumers share one key tile: consumer 0 accumulates dV, consumer 1 dK. Then the
-  # variants' inputs (`names`). `heads` are the K key/value heads. With `fused`, a
-  # zeroed fp32 dQ accumulator ref follows, [B, Tp, N, H] (interpretable form: one per
-  # consumer and key row block, [rows * 2, B, Tp, N, H]), with ds/dq scratch at the end.
+  # variants' inputs (`names`). `heads` are the K key/value heads. With `fused` ("keys"
+  # or "cols": how the consumers share dQ, see _dq_share), a zeroed fp32 dQ accumulator
+  # ref follows, [B, Tp, N, H] (interpretable form: one per consumer and key row block,
+  # [rows * 2, B, Tp, N, H]), and the dS, dQ buffers and a barrier end the scratch.
   n_in = 8 if interpretable else 6
   k_ref, v_ref, q_ref, do_ref, *rest = refs[:n_in]
   qt_ref, dot_ref = rest[:2] if interpretable else (None, None)
   lse_ref, delta_ref = rest[-2:]
   ex, rest = variants.split(refs[n_in:], names)
   dq_acc, rest = (rest[0], rest[1:]) if fused else (None, rest)
+  split_cols = fused == "cols"
   dk_ref, dv_ref, own, own_bars, bufs, full, free, p_smem, done, *dq_scratch = rest
   k_smem, v_smem = own
   wg = lax.axis_index("wg")
@@ -296,6 +321,8 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
     kv_pos = kv_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
     q_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
     mine = variants.own_tiles(spec, sched, pos, kv_start, block_kv, block_q, transpose=True)
+    if split_cols:  # both consumers take every tile of the CTA, to exchange dS
+      mine = sched.cta
     a_smem = p_smem.at[wg] if interpretable else None
     kv_seg = (ex.segment_ids("kv_seg", b, kv_start, block_kv, 0) if spec.segment_ids else None)
     writer = lax.div(cta_start, jnp.int32(rows_per_cta)) * CONSUMERS + wg  # interpretable
@@ -328,9 +355,9 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         stream.release(slot)
         if fused:
           at = (b, pl.ds(i * block_q, block_q), kv_head * groups + g)
-          ds_smem, dq_smem = dq_scratch
-          _dq_partial(ds_t, k_tile, ds_smem.at[wg], dq_smem.at[wg],
-                      dq_acc.at[(writer, *at) if interpretable else at], interpretable)
+          _dq_share(ds_t, wg, t, k_smem, *dq_scratch,
+                    dq_out=dq_acc.at[(writer, *at) if interpretable else at],
+                    split_cols=split_cols, interpretable=interpretable)
         return tuple(out)
 
       return sched.consume(mine, step, stream.skip, carry, base=base + g * n)
@@ -341,6 +368,8 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                                               (zeros,) * len([d for d in does.values() if d]))
     if not split:
       dv, dk = heads_loop(does_dk=True, does_dv=True)
+      if split_cols:  # the other consumer may still read this one's K in its last dQ
+        sync_consumers()
       _store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_out),
                   (dv.astype(k_ref.dtype), v_tile, dv_out)])
       return base + groups * n
@@ -410,8 +439,14 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   # (H = 256: 256 KiB), then one. dK/dV: past H = 128, one key tile split by dK and dV.
   consumers_dq = 2 if dq_smem_bytes(2, block_q, block_kv, stages, h_pad, itemsize) <= SMEM_BYTES else 1
   split = h_pad > 128
-  fused = not (deterministic or split) and (
-      interpret or fused_smem_bytes(block_q, block_kv, stages, h_pad, itemsize) <= SMEM_BYTES)
+  # Fused (deterministic=False): at H = 128 the consumers split dQ's columns, elsewhere
+  # (H/2 not a whole 128-byte swizzle row) each adds dS K over its own keys.
+  fused = None
+  if not (deterministic or split):
+    fused = "cols" if h_pad == 128 else "keys"
+    if not interpret and fused_smem_bytes(block_q, block_kv, stages, h_pad, itemsize,
+                                          fused == "cols") > SMEM_BYTES:
+      fused = None
   if fused:
     consumers_dq = 1  # no dQ kernel: Q padded to whole query tiles only
   q_multiple = consumers_dq * block_q
@@ -466,9 +501,11 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   if fused:  # the zeroed fp32 dQ accumulator (interpretable: a slice per writer), dS, dQ
     writers = (s_pad // kv_multiple * CONSUMERS,) if interpretable else ()
     dq_acc = jnp.zeros((*writers, *q.shape), jnp.float32)
-    ds_shape = (CONSUMERS, block_q, block_kv) if interpretable else (CONSUMERS, block_kv, block_q)
-    fused_scratch = [smem(ds_shape, swizzle=swizzle_bytes(h_pad, dtype)),
-                     common.smem((CONSUMERS, block_q, h_pad), jnp.float32)]
+    slots = 2 if fused == "cols" else 1
+    ds_tile = (block_q, block_kv) if interpretable else (block_kv, block_q)
+    fused_scratch = [smem((slots, CONSUMERS, *ds_tile), swizzle=swizzle_bytes(h_pad, dtype)),
+                     common.smem((CONSUMERS, block_q, h_pad // slots), jnp.float32),
+                     plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=2)]
   dkv_kernel = plgpu.kernel(
       functools.partial(_dkv_kernel, split=split, fused=fused, names=names,
                         rows=s_pad // kv_multiple, heads=kv_heads, batch=b, **params),

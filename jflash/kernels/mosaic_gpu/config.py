@@ -105,13 +105,15 @@ def dq_smem_bytes(consumers: int, block_q: int, block_kv: int, stages: int, head
 
 
 def fused_smem_bytes(block_q: int, block_kv: int, stages: int, head_dim: int,
-                     itemsize: int) -> int:
+                     itemsize: int, split_cols: bool) -> int:
   """Shared memory of the native fused backward: K and V of two consumers, the Q/dO/lse/
-  delta ring, each consumer's dS tile and fp32 dQ partial."""
+  delta ring, each consumer's dS tile (two, with `split_cols`) and fp32 dQ share (of
+  half the columns, with `split_cols`)."""
+  slots = 2 if split_cols else 1
   own = 2 * 2 * block_kv * head_dim * itemsize
   ring = stages * (2 * block_q * head_dim * itemsize + 2 * block_q * 4)
-  ds = 2 * block_kv * block_q * itemsize
-  dq = 2 * block_q * head_dim * 4
+  ds = slots * 2 * block_kv * block_q * itemsize
+  dq = 2 * block_q * head_dim // slots * 4
   return own + ring + ds + dq + 1024
 
 
