@@ -158,9 +158,12 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
       dropout_rate > 0; may be traced.
     deterministic: True asks for gradients that are bitwise identical run to run; False
       lets a backend use unordered (atomic) reductions where that is faster. The
-      ``"mosaic_gpu"``, ``"triton"`` and ``"xla"`` backends are deterministic either
-      way: their backward is a dK/dV pass and a dQ pass that each accumulate in a fixed
-      order, no atomics.
+      ``"triton"`` and ``"xla"`` backends are deterministic either way: their backward
+      is a dK/dV pass and a dQ pass that each accumulate in a fixed order, no atomics.
+      So is ``"mosaic_gpu"`` by default; with ``config=jflash.MosaicGpuConfig(...,
+      bwd_fused=True)`` (which needs deterministic=False, else ValueError) it runs one
+      fused kernel whose dQ is an unordered sum of fp32 reduce-adds, as
+      FlashAttention-3's backward does (slower so far on an H200: see the README).
     implementation: ``"mosaic_gpu"`` (Pallas kernels lowered through Mosaic GPU, after
       FlashAttention-3, Shah et al. 2024; Hopper GPUs, bfloat16/float16; causal,
       windows, q_offset, lengths, segment ids and soft-cap, not yet masks, bias, ALiBi

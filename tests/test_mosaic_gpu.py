@@ -235,38 +235,56 @@ FUSED_CASES = {
 }
 
 
-def _nondeterministic(case):
-  return (*case[:-1], {**case[-1], "deterministic": False})
+def _check_fused(case):
+  """`case` with the fused backward: deterministic=False and bwd_fused on the default tiles."""
+  import dataclasses
+  from jflash.kernels.mosaic_gpu.config import default_config, kernel_head_dim
+  _, t, _, _, _, h, _, kwargs = case
+  config = dataclasses.replace(
+      default_config(kernel_head_dim(h), kwargs.get("is_causal", False), t), bwd_fused=True)
+  _check((*case[:-1], {**kwargs, "deterministic": False}), config=config)
 
 
 @needs_hopper
 @pytest.mark.parametrize("name", FUSED_CASES)
 def test_fused_backward(name):
-  """deterministic=False: one fused kernel, dQ by fp32 reduce-adds (here: GQA with ragged
-  T and S, H=96 with its 64-byte swizzle, packing, runtime offsets and lengths, and the
-  column split at H=128 with causal, windows and tile lists)."""
-  _check(_nondeterministic(FUSED_CASES[name]))
+  """The fused backward, dQ by fp32 reduce-adds (here: GQA with ragged T and S, H=96
+  with its 64-byte swizzle, packing, runtime offsets and lengths, and the column split
+  at H=128 with causal, windows and tile lists)."""
+  _check_fused(FUSED_CASES[name])
 
 
 @pytest.mark.gpu
 @needs_hopper
-@pytest.mark.parametrize("name", [*CASES, *GPU_CASES])
+@pytest.mark.parametrize("name", [name for name, case in {**CASES, **GPU_CASES}.items()
+                                  if case[5] <= 128])
 def test_fused_backward_native(name):
-  """The fused backward natively on every case (H > 128 runs the two kernels)."""
-  _check(_nondeterministic({**CASES, **GPU_CASES}[name]))
+  """The fused backward natively on every case with H <= 128."""
+  _check_fused({**CASES, **GPU_CASES}[name])
 
 
 @needs_hopper
-@pytest.mark.parametrize("deterministic", [True, False])
-def test_backward_kernels_by_flag(deterministic):
-  """deterministic=True runs the dQ and dK/dV kernels; False only the fused one (H <= 128)."""
+@pytest.mark.parametrize("deterministic,fused", [(True, False), (False, False), (False, True)])
+def test_backward_kernels(deterministic, fused):
+  """The dQ and dK/dV kernels run unless bwd_fused (with deterministic=False) asks for
+  the fused one alone; bwd_fused with deterministic=True or H > 128 is refused."""
   q, k, v, do = random_inputs(0, 1, 128, 128, 2, 1, 64, BF16)
-  f = lambda *a: jax.vjp(lambda *x: jflash.attention(
-      *x, implementation="mosaic_gpu", interpret=not ON_GPU, deterministic=deterministic),
-      *a[:3])[1](a[3])
-  text = str(jax.make_jaxpr(f)(q, k, v, do))
+  config = jflash.MosaicGpuConfig(bwd_fused=fused)
+  def grads(q, k, v, do, deterministic=deterministic, config=config):
+    return jax.vjp(lambda *x: jflash.attention(
+        *x, implementation="mosaic_gpu", interpret=not ON_GPU, deterministic=deterministic,
+        config=config), q, k, v)[1](do)
+  text = str(jax.make_jaxpr(grads)(q, k, v, do))
   assert "jflash_mgpu_bwd_dkv" in text
-  assert ("jflash_mgpu_bwd_dq" in text) == deterministic
+  assert ("jflash_mgpu_bwd_dq" in text) == (not fused)
+  if fused:
+    fused_config = jflash.MosaicGpuConfig(bwd_fused=True)
+    with pytest.raises(ValueError, match="bwd_fused=True.*needs deterministic=False"):
+      grads(q, k, v, do, deterministic=True, config=fused_config)
+    wide = random_inputs(0, 1, 128, 128, 2, 1, 192, BF16)
+    with pytest.raises(ValueError, match="head dims <= 128, not 192"):
+      grads(*wide, deterministic=False,
+            config=jflash.MosaicGpuConfig(block_kv=64, bwd_fused=True))
 
 
 def test_unsupported_variant_names_triton():

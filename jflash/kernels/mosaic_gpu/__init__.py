@@ -1,7 +1,8 @@
 """The ``"mosaic_gpu"`` backend: Pallas kernels lowered through Mosaic GPU (Hopper, sm90a).
 
 FlashAttention-3's structure (Shah et al. 2024): warp-specialised TMA producer, two
-consumer warpgroups taking turns on wgmma, a two-kernel deterministic backward. It
+consumer warpgroups taking turns on wgmma, a two-kernel deterministic backward (a fused
+one with unordered dQ sums is opt-in: ``MosaicGpuConfig.bwd_fused``). It
 serves bfloat16/float16 inputs with H <= 256 (64, 96, 128, 192, 256 natively, others
 zero-padded), any T and S, GQA, causal, windows, ``q_offset`` (static or per batch
 element), query and key lengths, segment ids and soft-cap; anything else goes to
@@ -60,7 +61,7 @@ class MosaicGpuBackend(backends.Backend):
     return default_config(kernel_head_dim(problem.head_dim), problem.is_causal, problem.q_len)
 
   def check_config(self, config, problem, device):
-    check_fits(config, problem.head_dim, problem.dtype)
+    check_fits(config, problem.head_dim, problem.dtype, problem.deterministic)
 
   def forward(self, q, k, v, operands, *, scale, spec, score_mod, config, interpret):
     from jflash.kernels.mosaic_gpu import forward as kernels  # pylint: disable=g-import-not-at-top
@@ -69,10 +70,11 @@ class MosaicGpuBackend(backends.Backend):
 
   def backward(self, q, k, v, operands, lse, delta, do, *, scale, spec, score_mod, config,
                interpret, deterministic):
+    # Deterministic unless config.bwd_fused, which check_config allows only without.
+    del deterministic
     from jflash.kernels.mosaic_gpu import backward as kernels  # pylint: disable=g-import-not-at-top
     dq, dk, dv = kernels.backward(q, k, v, lse, delta, do, operands, scale=scale, spec=spec,
-                                  score_mod=score_mod, config=config, interpret=interpret,
-                                  deterministic=deterministic)
+                                  score_mod=score_mod, config=config, interpret=interpret)
     return dq, dk, dv, None
 
 

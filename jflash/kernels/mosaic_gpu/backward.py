@@ -13,10 +13,13 @@ warpgroups that each own 64-row tiles of the other side and accumulate in regist
 * dQ: a CTA holds 2 * ``bwd_block_q`` queries and streams the key/value tiles they see:
   S = Q Kᵀ, dP = dO Vᵀ, dQ += dS K.
 
-* fused (``deterministic=False``, H <= 128): the dK/dV kernel also computes each
-  consumer's share of dQ, dS K over its own keys, and TMA-reduce-adds it in fp32 into a
-  zeroed dQ accumulator (FlashAttention-3's backward): 5 matrix multiplies per tile
-  instead of 7, at the price of an unordered sum (not bitwise reproducible).
+* fused (opt-in: ``MosaicGpuConfig(bwd_fused=True)`` with ``deterministic=False``,
+  H <= 128): the dK/dV kernel also computes each consumer's share of dQ and
+  TMA-reduce-adds it in fp32 into a zeroed dQ accumulator (FlashAttention-3's
+  backward): 5 matrix multiplies per tile instead of 7, at the price of an unordered
+  sum (not bitwise reproducible). Each consumer still waits for every matrix multiply
+  it issues, and so far this measured 0-40% slower than the two kernels on an H200
+  (BUILD_NOTES): not the default until the consumers pipeline their wgmmas.
 
 Both recompute P = exp(scale q.k - lse) from the forward pass's lse and use delta =
 rowsum(dO * O) - dL/dlse. As in the forward, the native form reads transposed operands
@@ -39,7 +42,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from jflash.backends import Operands
 from jflash.kernels.mosaic_gpu import common, variants
 from jflash.kernels.mosaic_gpu.config import (SMEM_BYTES, MosaicGpuConfig, dq_smem_bytes,
-                                              fused_smem_bytes, kernel_head_dim, swizzle_bytes)
+                                              kernel_head_dim, swizzle_bytes)
 from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
 
@@ -351,13 +354,24 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
           delta = plgpu.load(delta_tile, layout=WGMMA.reduce(0))
           dp_t = _matmul(v_tile, do_t, shape)
           ds_t = _score_grads(p_t, dp_t, delta, dz, 1).astype(q_ref.dtype)
-          out.append(_accumulate(carry[len(out)], ds_t, q_tile, a_smem))
+          if fused:
+            at = (b, pl.ds(i * block_q, block_q), kv_head * groups + g)
+            dq_share = functools.partial(
+                _dq_share, ds_t, wg, t, k_smem, *dq_scratch,
+                dq_out=dq_acc.at[(writer, *at) if interpretable else at],
+                split_cols=split_cols, interpretable=interpretable)
+          if fused and not interpretable:
+            # dK += dSᵀ Q runs on the tensor cores while dS goes through shared memory
+            # to the dQ share (whose wait covers it).
+            def dk_and_dq(dk_ref):
+              plgpu.wgmma(dk_ref, ds_t, q_tile)
+              dq_share()
+            out.append(pl.run_state(dk_and_dq)(plgpu.ACC.init(carry[len(out)])))
+          else:
+            out.append(_accumulate(carry[len(out)], ds_t, q_tile, a_smem))
+            if fused:
+              dq_share()
         stream.release(slot)
-        if fused:
-          at = (b, pl.ds(i * block_q, block_q), kv_head * groups + g)
-          _dq_share(ds_t, wg, t, k_smem, *dq_scratch,
-                    dq_out=dq_acc.at[(writer, *at) if interpretable else at],
-                    split_cols=split_cols, interpretable=interpretable)
         return tuple(out)
 
       return sched.consume(mine, step, stream.skip, carry, base=base + g * n)
@@ -409,7 +423,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
 def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale: float, spec: MaskSpec, score_mod: ScoreMod,
              config: MosaicGpuConfig, interpret: bool = False,
-             interpretable: bool | None = None, deterministic: bool = True):
+             interpretable: bool | None = None):
   """Attention backward pass on a Hopper GPU (or Mosaic GPU interpret mode).
 
   Args:
@@ -419,11 +433,10 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
     delta: [B, T, N] float32, rowsum(do * out) minus dL/dlse.
     operands: the runtime operands of the variants (positions, segment ids).
     scale, spec, score_mod: as in the forward pass.
-    config: `bwd_block_q`, `bwd_block_kv`, `bwd_num_stages`, `bwd_persistent` are used.
+    config: `bwd_block_q`, `bwd_block_kv`, `bwd_num_stages`, `bwd_persistent`,
+      `bwd_fused` are used (the caller checks that `bwd_fused` goes with
+      deterministic=False: :func:`.config.check_fits`).
     interpret, interpretable: as in :func:`.forward.forward`.
-    deterministic: True runs the dQ and dK/dV kernels (bitwise reproducible); False
-      runs the fused kernel (dQ by unordered fp32 TMA reduce-adds) where it applies:
-      H <= 128 and its tiles fit in shared memory; elsewhere the two kernels.
 
   Returns:
     (dq, dk, dv) with the shapes and dtypes of (q, k, v).
@@ -439,14 +452,14 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   # (H = 256: 256 KiB), then one. dK/dV: past H = 128, one key tile split by dK and dV.
   consumers_dq = 2 if dq_smem_bytes(2, block_q, block_kv, stages, h_pad, itemsize) <= SMEM_BYTES else 1
   split = h_pad > 128
-  # Fused (deterministic=False): at H = 128 the consumers split dQ's columns, elsewhere
-  # (H/2 not a whole 128-byte swizzle row) each adds dS K over its own keys.
+  # Fused (bwd_fused; config.check_fits allows it with H <= 128, tiles that fit and
+  # deterministic=False): at H = 128 the consumers split dQ's columns, elsewhere (H/2
+  # not a whole 128-byte swizzle row) each adds dS K over its own keys.
   fused = None
-  if not (deterministic or split):
+  if config.bwd_fused:
+    if split:
+      raise ValueError(f"MosaicGpuConfig(bwd_fused=True) serves head dims <= 128, not {h}")
     fused = "cols" if h_pad == 128 else "keys"
-    if not interpret and fused_smem_bytes(block_q, block_kv, stages, h_pad, itemsize,
-                                          fused == "cols") > SMEM_BYTES:
-      fused = None
   if fused:
     consumers_dq = 1  # no dQ kernel: Q padded to whole query tiles only
   q_multiple = consumers_dq * block_q

@@ -37,6 +37,10 @@ class MosaicGpuConfig:
       multiplies (FlashAttention-3's intra-warpgroup pipelining), where the tiles a
       consumer visits are known at trace time (no causal mask, window or runtime
       lengths); native form only.
+    bwd_fused: one fused backward kernel instead of the dQ and dK/dV kernels: dQ is
+      summed by unordered fp32 TMA reduce-adds (FlashAttention-3), so it needs
+      ``jflash.attention(..., deterministic=False)``; head dims <= 128 only. Off by
+      default: it measured slower than the two kernels (H200; BUILD_NOTES, issue 10).
   """
 
   block_q: int = 64
@@ -48,6 +52,7 @@ class MosaicGpuConfig:
   persistent: bool = True
   bwd_persistent: bool = False
   overlap: bool = False
+  bwd_fused: bool = False
 
   def __post_init__(self):
     for name in ("block_q", "block_kv", "bwd_block_q", "bwd_block_kv"):
@@ -58,7 +63,7 @@ class MosaicGpuConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 2:
         raise ValueError(f"MosaicGpuConfig.{name}={value!r} must be an int >= 2")
-    for name in ("persistent", "bwd_persistent", "overlap"):
+    for name in ("persistent", "bwd_persistent", "overlap", "bwd_fused"):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"MosaicGpuConfig.{name}={getattr(self, name)!r} must be a bool")
 
@@ -139,11 +144,28 @@ def default_config(head_dim: int, is_causal: bool, q_len: int | None = None) -> 
   return MosaicGpuConfig(block_q=64, block_kv=64, num_stages=2, overlap=not is_causal)
 
 
-def check_fits(config: MosaicGpuConfig, head_dim: int, dtype) -> None:
-  """Raises ValueError if `config`'s forward tiles do not fit in shared memory."""
-  need = forward_smem_bytes(config, kernel_head_dim(head_dim), jnp.dtype(dtype).itemsize,
-                            interpret_form=False)
+def check_fits(config: MosaicGpuConfig, head_dim: int, dtype,
+               deterministic: bool = False) -> None:
+  """Raises ValueError if `config`'s forward tiles (or, with `bwd_fused`, the fused
+  backward's) do not fit in shared memory, or `bwd_fused` is asked for at H > 128 or
+  with `deterministic`."""
+  h, itemsize = kernel_head_dim(head_dim), jnp.dtype(dtype).itemsize
+  need = forward_smem_bytes(config, h, itemsize, interpret_form=False)
   if need > SMEM_BYTES:
     raise ValueError(
         f"{config} needs {need} bytes of shared memory at head dim {head_dim} and "
         f"{jnp.dtype(dtype).name}; Hopper has {SMEM_BYTES}")
+  if not config.bwd_fused:
+    return
+  if deterministic:
+    raise ValueError("MosaicGpuConfig(bwd_fused=True) needs deterministic=False: its dQ "
+                     "is an unordered sum of fp32 reduce-adds")
+  if h > 128:
+    raise ValueError(f"MosaicGpuConfig(bwd_fused=True) serves head dims <= 128, not "
+                     f"{head_dim}")
+  need = fused_smem_bytes(config.bwd_block_q, config.bwd_block_kv, config.bwd_num_stages, h,
+                          itemsize, split_cols=h == 128)
+  if need > SMEM_BYTES:
+    raise ValueError(
+        f"{config} needs {need} bytes of shared memory for the fused backward at head dim "
+        f"{head_dim} and {jnp.dtype(dtype).name}; Hopper has {SMEM_BYTES}")
