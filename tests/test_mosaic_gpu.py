@@ -287,6 +287,25 @@ def test_backward_kernels(deterministic, fused):
             config=jflash.MosaicGpuConfig(block_kv=64, bwd_fused=True))
 
 
+@pytest.mark.parametrize("rows,heads,batch,group", [
+    (5, 3, 2, 4), (4, 2, 3, 6), (3, 4, 1, 1), (6, 2, 2, None)])
+def test_causal_work_order(rows, heads, batch, group):
+  """Causal work items: every (row, head, batch) once; sections of `group` (batch, head)
+  pairs one after the other (the last may be smaller); in each, the longest (last)
+  rows first."""
+  from jflash.kernels.mosaic_gpu.common import work_item
+  order = jax.vmap(lambda w: jnp.stack(work_item(
+      w, rows=rows, heads=heads, batch=batch, row_major=True, reverse=True, group=group)))(
+          jnp.arange(rows * heads * batch, dtype=jnp.int32))
+  row, head, b = np.asarray(order).T
+  assert sorted(zip(row, head, b)) == sorted(
+      (r, h, bb) for r in range(rows) for h in range(heads) for bb in range(batch))
+  section = (b * heads + head) // (group or heads * batch)
+  assert np.all(np.diff(section) >= 0)
+  for s in np.unique(section):
+    assert np.all(np.diff(row[section == s]) <= 0)
+
+
 def test_unsupported_variant_names_triton():
   q, k, v, _ = random_inputs(0, 1, 64, 64, 2, 1, 64, BF16)
   bias = jnp.zeros((1, 2, 64, 64), jnp.float32)

@@ -119,19 +119,46 @@ def work_items(num_items: int):
   return local_count, lambda k: k * ctas + place(k)
 
 
-def work_item(w, *, rows: int, heads: int, batch: int, row_major: bool, reverse: bool):
+#: Bytes of streamed operands that the (batch, head) pairs running at once may share
+#: in L2 (H100/H200: 50 MiB in two halves). 12 MiB measured best of 12, 24 and all.
+L2_BUDGET = 12 * 2**20
+#: Row blocks up to which causal work runs in L2 sections (see :func:`l2_group`).
+L2_SECTION_ROWS = 32
+
+
+def l2_group(bytes_per_pair: int, pairs: int, rows: int) -> int:
+  """The (batch, head) pairs per section of causal work (:func:`work_item`): as many as
+  fit their streamed operands (`bytes_per_pair` each) in :data:`L2_BUDGET`, for grids
+  of at most :data:`L2_SECTION_ROWS` row blocks; else all `pairs` (no sections).
+
+  Measured on an H200, causal forward, bf16 (BUILD_NOTES, issue 10 session 3): at
+  T <= 4k each pair's rows are too few for the CTAs running at once to share its K/V,
+  and sections of 12 MiB ran 1.04-1.19x; at T = 16k (128 row blocks, 8 MiB per pair)
+  a section is one pair, whose longest-first rows no longer balance the CTAs: 0.68x.
+  """
+  if rows > L2_SECTION_ROWS:
+    return pairs
+  return max(1, min(pairs, L2_BUDGET // max(1, bytes_per_pair)))
+
+
+def work_item(w, *, rows: int, heads: int, batch: int, row_major: bool, reverse: bool,
+              group: int | None = None):
   """(row, head, batch) of work item `w` over a (rows, heads, batch) grid.
 
-  `row_major`: rows are the slowest axis (for causal masks, whose row lengths differ:
-  longest first, `reverse` if the last rows are the longest). Else the rows of one
-  (batch, head) are consecutive items, which run at the same time and share its K/V
-  (or Q/dO) in L2.
+  `row_major` (for causal masks, whose row lengths differ): the items run in sections
+  of `group` (batch, head) pairs (default: all), and within a section row by row,
+  longest first (`reverse` if the last rows are the longest). So the CTAs running at
+  once stream the K/V (or Q/dO) of a few pairs, which stay in L2, as FlashAttention-3's
+  LPT scheduler does. Else the rows of one (batch, head) are consecutive items, which
+  run at the same time and share its K/V (or Q/dO) in L2.
   """
   if row_major:
-    per_row = heads * batch
-    rest = lax.rem(w, per_row)
-    row = lax.div(w, per_row)
-    return (rows - 1 - row if reverse else row), lax.rem(rest, heads), lax.div(rest, heads)
+    pairs = heads * batch
+    group = min(group or pairs, pairs)
+    section, rest = lax.div(w, rows * group), lax.rem(w, rows * group)
+    size = jnp.minimum(group, pairs - section * group)  # the last section may be smaller
+    row, pair = lax.div(rest, size), section * group + lax.rem(rest, size)
+    return (rows - 1 - row if reverse else row), lax.rem(pair, heads), lax.div(pair, heads)
   bh = lax.div(w, jnp.int32(rows))
   return lax.rem(w, jnp.int32(rows)), lax.rem(bh, heads), lax.div(bh, heads)
 

@@ -51,7 +51,7 @@ CONSUMERS = 2  # consumer warpgroups per CTA; the producer is warpgroup CONSUMER
 def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                     score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
                     num_q_ctas: int, heads: int, batch: int, q_bufs: int, overlap: bool,
-                    interpretable: bool):
+                    interpretable: bool, l2_group: int):
   # q_ref, out_ref: [B, Tp, N, H]; k_ref: [B, Sp, K, H] (native) or Kᵀ [B, K, H, Sp]
   # (interpretable); v_ref: [B, Sp, K, H]; lse_ref: [B, N, Tp] float32; the variants'
   # extra inputs (`names`, see .variants) between v_ref and out_ref.
@@ -68,7 +68,7 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   def item(k):
     """(i, head, b, first query row, mask positions, schedule) of local item k."""
     i, head, b = common.work_item(item_index(k), rows=num_q_ctas, heads=heads, batch=batch,
-                                  row_major=spec.is_causal, reverse=True)
+                                  row_major=spec.is_causal, reverse=True, group=l2_group)
     pos = ex.positions(spec, b)
     start = i * rows_per_cta
     sched = variants.schedule_of(spec, ex, pos, b=b, row=i, start=start, rows=rows_per_cta,
@@ -376,7 +376,9 @@ def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: Mas
   kernel = functools.partial(
       _forward_kernel, names=names, scale=scale, spec=spec, score_mod=score_mod, block_q=block_q,
       block_kv=block_kv, stages=stages, groups=n // kv_heads, num_q_ctas=num_q_ctas,
-      heads=n, batch=b, q_bufs=q_bufs, overlap=config.overlap, interpretable=interpretable)
+      heads=n, batch=b, q_bufs=q_bufs, overlap=config.overlap, interpretable=interpretable,
+      l2_group=common.l2_group(2 * s_pad * h_pad * jnp.dtype(dtype).itemsize, n * b,
+                               num_q_ctas))
   out, lse = plgpu.kernel(
       kernel,
       out_type=[jax.ShapeDtypeStruct(q.shape, dtype),
