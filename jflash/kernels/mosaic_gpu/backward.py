@@ -174,7 +174,8 @@ def _run_items(wg, consumers: int, local_items, item, consume_item, produce_item
 
 def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
-               rows: int, heads: int, batch: int, interpretable: bool, consumers: int):
+               rows: int, heads: int, batch: int, interpretable: bool, consumers: int,
+               l2_group: int):
   # q, do, dq: [B, Tp, N, H]; lse2, delta: [B, N, Tp]; k, v: [B, Sp, K, H]; interpretable
   # form: kt, vt [B, K, H, Sp] (Kᵀ, Vᵀ) instead of v; then the variants' inputs (`names`).
   n_in = 7 if interpretable else 6
@@ -189,7 +190,7 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   def item(k):
     """(head, b, first query row, positions, schedule) of the CTA's k-th work item."""
     i, head, b = common.work_item(item_index(k), rows=rows, heads=heads, batch=batch,
-                                  row_major=spec.is_causal, reverse=True)
+                                  row_major=spec.is_causal, reverse=True, group=l2_group)
     pos = ex.positions(spec, b)
     cta_start = i * (consumers * block_q)
     return head, b, cta_start, pos, variants.schedule_of(
@@ -486,9 +487,15 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   c = consumers_dq
   extras, names = variants.inputs(spec, operands, batch=b, t_pad=t_pad, s_pad=s_pad,
                                   rows=q_multiple, cols=block_kv)
+  # Causal dQ work in L2 sections, as in the forward, at H >= 128: measured on an H200
+  # (ABAB, BUILD_NOTES issue 10 session 3) 1.02-1.04x at H=128/256, T=2k/4k, and
+  # 0.975x at H=64 (query blocks of 256 rows; not understood), where it stays off.
+  dq_l2_group = (common.l2_group(2 * s_pad * h_pad * itemsize, n * b, t_pad // q_multiple)
+                 if h_pad >= 128 else n * b)
   dq = None if fused else plgpu.kernel(
       functools.partial(_dq_kernel, consumers=c, names=names, rows=t_pad // q_multiple,
-                        heads=n, batch=b, **params),
+                        heads=n, batch=b, **params,
+                        l2_group=dq_l2_group),
       out_type=jax.ShapeDtypeStruct(q.shape, dtype),
       scratch_types=[
           (smem((c, *rows_q)), smem((c, *rows_q)), plgpu.SMEM((c, block_q), jnp.float32),
