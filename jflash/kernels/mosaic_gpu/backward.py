@@ -31,7 +31,6 @@ XLA and routes the register operands through shared memory.
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -40,136 +39,13 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jflash.backends import Operands
-from jflash.kernels.mosaic_gpu import common, variants
+from jflash.kernels.mosaic_gpu import backward_steps as steps, common, variants
 from jflash.kernels.mosaic_gpu.config import (SMEM_BYTES, MosaicGpuConfig, dq_smem_bytes,
                                               kernel_head_dim, swizzle_bytes)
 from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
 
-LOG2E = math.log2(math.e)
-CONSUMERS = 2
-WGMMA = plgpu.Layout.WGMMA
-
-
-def _probabilities(s, lse2, *, scale, score_mod, q_pos, kv_pos, lse_dim, visible=None):
-  """(P, dz/ds or None) of a tile of raw scores `s`; lse2 = lse log2(e) along `lse_dim`.
-
-  q_pos are query positions (index + q_offset); P is 0 where `visible` (if given) is False.
-  """
-  lse2 = lax.broadcast_in_dim(lse2, s.shape, [lse_dim])
-  dz = None
-  if not score_mod.active:
-    p = jnp.exp2(s * (scale * LOG2E) - lse2)
-  else:
-    z, dz = score_mod.logits(s * scale, q_pos=q_pos, kv_pos=kv_pos, with_grad=True)
-    p = jnp.exp2(z * LOG2E - lse2)
-  return (p if visible is None else jnp.where(visible, p, 0.0)), dz
-
-
-def _score_grads(p, dp, delta, dz, delta_dim):
-  """dL/d(scaled scores) = P (dP - delta) dz/ds, delta broadcast along `delta_dim`."""
-  ds = p * (dp - lax.broadcast_in_dim(delta, p.shape, [delta_dim]))
-  return ds if dz is None else ds * dz
-
-
-def _matmul(a, b, shape, more=()):
-  """a @ b (+ the products of the (a, b) pairs `more`) on the tensor cores, into a fresh
-  fp32 accumulator of `shape`."""
-  def body(acc_ref):
-    for a_, b_ in ((a, b), *more):
-      plgpu.wgmma(acc_ref, a_, b_)
-    return acc_ref[...]
-  return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
-
-
-def _accumulate(acc, a, b, a_smem):
-  """acc + a @ b, `a` a register tile; with `a_smem` (interpretable form) via that buffer."""
-  if a_smem is None:
-    return pl.run_state(lambda acc_ref: plgpu.wgmma(acc_ref, a, b))(plgpu.ACC.init(acc))
-  a_smem[...] = a
-  plgpu.commit_smem()
-  return acc + _matmul(a_smem, b, acc.shape)
-
-
-def _dq_share(ds_t, wg, t, k_smem, ds_smem, dq_smem, ready, dq_out, *, split_cols: bool,
-              interpretable: bool):
-  """Fused backward: a consumer's share of one query tile's dQ (fp32, unscaled), added
-  into `dq_out` ([queries, H] in GMEM) by a TMA reduce-add.
-
-  Without `split_cols` the share is dS K over the consumer's own keys, all H columns;
-  with it (H = 128) the consumers first exchange their dS tiles (barrier `ready`) and
-  each computes half of the columns over both consumers' keys: half the registers and
-  half the reduce-add traffic. The interpreter has no TMA reductions (nor transposed
-  operands): the interpretable form stores the share to a slice of its own, summed
-  afterwards, and keeps dS untransposed in shared memory.
-
-  ds_t: dSᵀ [keys, queries] in registers, of stream entry `t`; k_smem: both consumers'
-  key tiles [2, keys, H]; ds_smem: [slots, 2, keys, queries] ([.., queries, keys]
-  interpretable), two slots (by entry parity) with `split_cols`; dq_smem: the fp32
-  staging buffer [2, queries, H or H / 2], reusable once its last reduce-add read it.
-  """
-  slot = lax.rem(t, jnp.int32(ds_smem.shape[0]))
-  ds_smem.at[slot, wg][...] = ds_t.T if interpretable else ds_t
-  plgpu.commit_smem()
-  ds = lambda c: ds_smem.at[slot, c] if interpretable else ds_smem.at[slot, c].T
-
-  def reduce_add(part, out):
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-    dq_smem.at[wg][...] = part
-    plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(dq_smem.at[wg], out,
-                            reduction_op=None if interpretable else "add")
-
-  shape = dq_smem.shape[1:]
-  if not split_cols:
-    reduce_add(_matmul(ds(wg), k_smem.at[wg], shape), dq_out)
-    return
-  plgpu.barrier_arrive(ready.at[slot])
-  plgpu.barrier_wait(ready.at[slot])
-  for c in range(CONSUMERS):  # static column slices of K: one branch per consumer
-    cols = pl.ds(c * shape[1], shape[1])
-
-    @pl.when(wg == c)
-    def _share():
-      pairs = [(ds(o), k_smem.at[o, :, cols]) for o in range(CONSUMERS)]
-      reduce_add(_matmul(*pairs[0], shape, more=pairs[1:]), dq_out.at[:, cols])
-
-
-def _load_own(copies, barriers, wg):
-  """Consumer: TMA-loads its own tiles (src, dst pairs), one barrier each, and waits."""
-  for (src, dst), barrier in zip(copies, barriers):
-    plgpu.copy_gmem_to_smem(src, dst, barrier.at[wg])
-  for barrier in barriers:
-    plgpu.barrier_wait(barrier.at[wg])
-
-
-def _store_own(pairs):
-  """Consumer: stores (value, smem, gmem) triples through shared memory with TMA."""
-  for value, smem, _ in pairs:
-    smem[...] = value
-  plgpu.commit_smem()
-  for _, smem, gmem in pairs:
-    plgpu.copy_smem_to_gmem(smem, gmem)
-  # No wait: the next work item waits (wait_smem_to_gmem(0, wait_read_only=True)) before
-  # it reuses the buffers, and the kernel waits for every store at its end.
-
-
-def _run_items(wg, consumers: int, local_items, item, consume_item, produce_item, stream):
-  """A CTA's work items, warp-specialised: each consumer warpgroup (240 registers) runs
-  ``consume_item(base, *item(k))`` and the producer (24) ``produce_item(k, base)`` for k
-  in [0, local_items), `base` counting the stream entries of the earlier items; the
-  consumers then wait for their last stores, the producer for the last frees."""
-
-  @pl.when(wg < consumers)
-  def _consumer():
-    plgpu.set_max_registers(240, action="increase")
-    lax.fori_loop(0, local_items, lambda k, base: consume_item(base, *item(k)), jnp.int32(0))
-    plgpu.wait_smem_to_gmem(0)
-
-  @pl.when(wg == consumers)
-  def _producer():
-    plgpu.set_max_registers(24, action="decrease")
-    stream.drain(lax.fori_loop(0, local_items, produce_item, jnp.int32(0)))
+CONSUMERS, LOG2E, WGMMA = steps.CONSUMERS, steps.LOG2E, steps.WGMMA
 
 
 def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
@@ -202,7 +78,7 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
     rows_ = pl.ds(q_start, block_q)
     q_tile, do_tile = q_smem.at[wg], do_smem.at[wg]
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last item's dQ store read q_tile
-    _load_own([(q_ref.at[b, rows_, head], q_tile), (do_ref.at[b, rows_, head], do_tile),
+    steps.load_own([(q_ref.at[b, rows_, head], q_tile), (do_ref.at[b, rows_, head], do_tile),
                (lse_ref.at[b, head, rows_], lse_smem.at[wg]),
                (delta_ref.at[b, head, rows_], delta_smem.at[wg])], own_bars, wg)
     lse2 = plgpu.load(lse_smem.at[wg], layout=WGMMA.reduce(1))
@@ -219,16 +95,16 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       else:
         k_tile, v_tile = tiles
         k_t, v_t = k_tile.T, v_tile.T
-      s = _matmul(q_tile, k_t, shape)
-      dp = _matmul(do_tile, v_t, shape)
+      s = steps.matmul(q_tile, k_t, shape)
+      dp = steps.matmul(do_tile, v_t, shape)
       kv_pos = j * block_kv + kv_iota
       visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, q_seg, j * block_kv, 0)
                  if masked else None)
-      p, dz = _probabilities(s, lse2, scale=scale, score_mod=score_mod,
+      p, dz = steps.probabilities(s, lse2, scale=scale, score_mod=score_mod,
                              q_pos=q_pos + pos.offset, kv_pos=kv_pos, lse_dim=0,
                              visible=visible)
-      ds = _score_grads(p, dp, delta, dz, 0)
-      dq = _accumulate(dq, ds.astype(q_ref.dtype), k_tile,
+      ds = steps.score_grads(p, dp, delta, dz, 0)
+      dq = steps.accumulate(dq, ds.astype(q_ref.dtype), k_tile,
                        ds_smem.at[wg] if interpretable else None)
       stream.release(slot)
       return dq
@@ -236,7 +112,7 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
     dq = plgpu.layout_cast(jnp.zeros(q_tile.shape, jnp.float32), WGMMA)
     mine = variants.own_tiles(spec, sched, pos, q_start, block_q, block_kv)
     dq = sched.consume(mine, step, stream.skip, dq, base=base)
-    _store_own([((dq * scale).astype(q_ref.dtype), q_tile, dq_ref.at[b, rows_, head])])
+    steps.store_own([((dq * scale).astype(q_ref.dtype), q_tile, dq_ref.at[b, rows_, head])])
     return base + sched.count
 
   def produce_item(k, base):
@@ -254,7 +130,7 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
     return stream.produce(sched.count, sources, base)
 
-  _run_items(wg, consumers, local_items, item, consume_item, produce_item, stream)
+  steps.run_items(wg, consumers, local_items, item, consume_item, produce_item, stream)
 
 
 def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
@@ -266,7 +142,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   # where dK and dV of 64 rows do not both fit one warpgroup's registers) the two
   # consumers share one key tile: consumer 0 accumulates dV, consumer 1 dK. Then the
   # variants' inputs (`names`). `heads` are the K key/value heads. With `fused` ("keys"
-  # or "cols": how the consumers share dQ, see _dq_share), a zeroed fp32 dQ accumulator
+  # or "cols": how the consumers share dQ, see backward_steps.dq_share), a zeroed fp32 dQ accumulator
   # ref follows, [B, Tp, N, H] (interpretable form: one per consumer and key row block,
   # [rows * 2, B, Tp, N, H]), and the dS, dQ buffers and a barrier end the scratch.
   n_in = 8 if interpretable else 6
@@ -319,7 +195,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       for bar in own_bars:
         plgpu.barrier_wait(bar.at[0])
     else:
-      _load_own([(k_ref.at[b, kv_rows, kv_head], k_tile),
+      steps.load_own([(k_ref.at[b, kv_rows, kv_head], k_tile),
                  (v_ref.at[b, kv_rows, kv_head], v_tile)], own_bars, wg)
     shape = (block_kv, block_q)
     kv_pos = kv_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
@@ -341,24 +217,24 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
           q_tile, do_tile, lse_tile, delta_tile = tiles
           q_t, do_t = q_tile.T, do_tile.T
         lse2 = plgpu.load(lse_tile, layout=WGMMA.reduce(0))
-        s_t = _matmul(k_tile, q_t, shape)
+        s_t = steps.matmul(k_tile, q_t, shape)
         q_pos = i * block_q + q_iota
         visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, kv_seg, i * block_q, 1)
                    if masked else None)
-        p_t, dz = _probabilities(s_t, lse2, scale=scale, score_mod=score_mod,
+        p_t, dz = steps.probabilities(s_t, lse2, scale=scale, score_mod=score_mod,
                                  q_pos=q_pos + pos.offset, kv_pos=kv_pos, lse_dim=1,
                                  visible=visible)
         out = []
         if does_dv:
-          out.append(_accumulate(carry[len(out)], p_t.astype(q_ref.dtype), do_tile, a_smem))
+          out.append(steps.accumulate(carry[len(out)], p_t.astype(q_ref.dtype), do_tile, a_smem))
         if does_dk:
           delta = plgpu.load(delta_tile, layout=WGMMA.reduce(0))
-          dp_t = _matmul(v_tile, do_t, shape)
-          ds_t = _score_grads(p_t, dp_t, delta, dz, 1).astype(q_ref.dtype)
+          dp_t = steps.matmul(v_tile, do_t, shape)
+          ds_t = steps.score_grads(p_t, dp_t, delta, dz, 1).astype(q_ref.dtype)
           if fused:
             at = (b, pl.ds(i * block_q, block_q), kv_head * groups + g)
             dq_share = functools.partial(
-                _dq_share, ds_t, wg, t, k_smem, *dq_scratch,
+                steps.dq_share, ds_t, wg, t, k_smem, *dq_scratch,
                 dq_out=dq_acc.at[(writer, *at) if interpretable else at],
                 split_cols=split_cols, interpretable=interpretable)
           if fused and not interpretable:
@@ -369,7 +245,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
               dq_share()
             out.append(pl.run_state(dk_and_dq)(plgpu.ACC.init(carry[len(out)])))
           else:
-            out.append(_accumulate(carry[len(out)], ds_t, q_tile, a_smem))
+            out.append(steps.accumulate(carry[len(out)], ds_t, q_tile, a_smem))
             if fused:
               dq_share()
         stream.release(slot)
@@ -385,7 +261,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       dv, dk = heads_loop(does_dk=True, does_dv=True)
       if split_cols:  # the other consumer may still read this one's K in its last dQ
         sync_consumers()
-      _store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_out),
+      steps.store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_out),
                   (dv.astype(k_ref.dtype), v_tile, dv_out)])
       return base + groups * n
 
@@ -393,13 +269,13 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
     def _dv():
       (dv,) = heads_loop(does_dk=False, does_dv=True)
       sync_consumers()  # the other consumer still reads K and V: wait for it
-      _store_own([(dv.astype(k_ref.dtype), v_tile, dv_out)])
+      steps.store_own([(dv.astype(k_ref.dtype), v_tile, dv_out)])
 
     @pl.when(wg == 1)
     def _dk():
       (dk,) = heads_loop(does_dk=True, does_dv=False)
       sync_consumers()
-      _store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_out)])
+      steps.store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_out)])
 
     return base + groups * n
 
@@ -419,7 +295,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
     return stream.produce(groups * n, sources, base)
 
-  _run_items(wg, CONSUMERS, local_items, item, consume_item, produce_item, stream)
+  steps.run_items(wg, CONSUMERS, local_items, item, consume_item, produce_item, stream)
 
 
 def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale: float, spec: MaskSpec, score_mod: ScoreMod,

@@ -1,0 +1,141 @@
+"""Per-tile steps shared by the Mosaic GPU backward kernels (:mod:`.backward`).
+
+Probabilities and score gradients recomputed from the saved lse, matrix multiplies on
+the tensor cores (fresh or accumulating, through shared memory in the interpretable
+form), the fused kernel's dQ share, the consumers' own-tile loads and stores, and the
+warp-specialised loop over a CTA's work items.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+LOG2E = math.log2(math.e)
+CONSUMERS = 2
+WGMMA = plgpu.Layout.WGMMA
+
+
+def probabilities(s, lse2, *, scale, score_mod, q_pos, kv_pos, lse_dim, visible=None):
+  """(P, dz/ds or None) of a tile of raw scores `s`; lse2 = lse log2(e) along `lse_dim`.
+
+  q_pos are query positions (index + q_offset); P is 0 where `visible` (if given) is False.
+  """
+  lse2 = lax.broadcast_in_dim(lse2, s.shape, [lse_dim])
+  dz = None
+  if not score_mod.active:
+    p = jnp.exp2(s * (scale * LOG2E) - lse2)
+  else:
+    z, dz = score_mod.logits(s * scale, q_pos=q_pos, kv_pos=kv_pos, with_grad=True)
+    p = jnp.exp2(z * LOG2E - lse2)
+  return (p if visible is None else jnp.where(visible, p, 0.0)), dz
+
+
+def score_grads(p, dp, delta, dz, delta_dim):
+  """dL/d(scaled scores) = P (dP - delta) dz/ds, delta broadcast along `delta_dim`."""
+  ds = p * (dp - lax.broadcast_in_dim(delta, p.shape, [delta_dim]))
+  return ds if dz is None else ds * dz
+
+
+def matmul(a, b, shape, more=()):
+  """a @ b (+ the products of the (a, b) pairs `more`) on the tensor cores, into a fresh
+  fp32 accumulator of `shape`."""
+  def body(acc_ref):
+    for a_, b_ in ((a, b), *more):
+      plgpu.wgmma(acc_ref, a_, b_)
+    return acc_ref[...]
+  return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
+
+
+def accumulate(acc, a, b, a_smem):
+  """acc + a @ b, `a` a register tile; with `a_smem` (interpretable form) via that buffer."""
+  if a_smem is None:
+    return pl.run_state(lambda acc_ref: plgpu.wgmma(acc_ref, a, b))(plgpu.ACC.init(acc))
+  a_smem[...] = a
+  plgpu.commit_smem()
+  return acc + matmul(a_smem, b, acc.shape)
+
+
+def dq_share(ds_t, wg, t, k_smem, ds_smem, dq_smem, ready, dq_out, *, split_cols: bool,
+              interpretable: bool):
+  """Fused backward: a consumer's share of one query tile's dQ (fp32, unscaled), added
+  into `dq_out` ([queries, H] in GMEM) by a TMA reduce-add.
+
+  Without `split_cols` the share is dS K over the consumer's own keys, all H columns;
+  with it (H = 128) the consumers first exchange their dS tiles (barrier `ready`) and
+  each computes half of the columns over both consumers' keys: half the registers and
+  half the reduce-add traffic. The interpreter has no TMA reductions (nor transposed
+  operands): the interpretable form stores the share to a slice of its own, summed
+  afterwards, and keeps dS untransposed in shared memory.
+
+  ds_t: dSᵀ [keys, queries] in registers, of stream entry `t`; k_smem: both consumers'
+  key tiles [2, keys, H]; ds_smem: [slots, 2, keys, queries] ([.., queries, keys]
+  interpretable), two slots (by entry parity) with `split_cols`; dq_smem: the fp32
+  staging buffer [2, queries, H or H / 2], reusable once its last reduce-add read it.
+  """
+  slot = lax.rem(t, jnp.int32(ds_smem.shape[0]))
+  ds_smem.at[slot, wg][...] = ds_t.T if interpretable else ds_t
+  plgpu.commit_smem()
+  ds = lambda c: ds_smem.at[slot, c] if interpretable else ds_smem.at[slot, c].T
+
+  def reduce_add(part, out):
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    dq_smem.at[wg][...] = part
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(dq_smem.at[wg], out,
+                            reduction_op=None if interpretable else "add")
+
+  shape = dq_smem.shape[1:]
+  if not split_cols:
+    reduce_add(matmul(ds(wg), k_smem.at[wg], shape), dq_out)
+    return
+  plgpu.barrier_arrive(ready.at[slot])
+  plgpu.barrier_wait(ready.at[slot])
+  for c in range(CONSUMERS):  # static column slices of K: one branch per consumer
+    cols = pl.ds(c * shape[1], shape[1])
+
+    @pl.when(wg == c)
+    def _share():
+      pairs = [(ds(o), k_smem.at[o, :, cols]) for o in range(CONSUMERS)]
+      reduce_add(matmul(*pairs[0], shape, more=pairs[1:]), dq_out.at[:, cols])
+
+
+def load_own(copies, barriers, wg):
+  """Consumer: TMA-loads its own tiles (src, dst pairs), one barrier each, and waits."""
+  for (src, dst), barrier in zip(copies, barriers):
+    plgpu.copy_gmem_to_smem(src, dst, barrier.at[wg])
+  for barrier in barriers:
+    plgpu.barrier_wait(barrier.at[wg])
+
+
+def store_own(pairs):
+  """Consumer: stores (value, smem, gmem) triples through shared memory with TMA."""
+  for value, smem, _ in pairs:
+    smem[...] = value
+  plgpu.commit_smem()
+  for _, smem, gmem in pairs:
+    plgpu.copy_smem_to_gmem(smem, gmem)
+  # No wait: the next work item waits (wait_smem_to_gmem(0, wait_read_only=True)) before
+  # it reuses the buffers, and the kernel waits for every store at its end.
+
+
+def run_items(wg, consumers: int, local_items, item, consume_item, produce_item, stream):
+  """A CTA's work items, warp-specialised: each consumer warpgroup (240 registers) runs
+  ``consume_item(base, *item(k))`` and the producer (24) ``produce_item(k, base)`` for k
+  in [0, local_items), `base` counting the stream entries of the earlier items; the
+  consumers then wait for their last stores, the producer for the last frees."""
+
+  @pl.when(wg < consumers)
+  def _consumer():
+    plgpu.set_max_registers(240, action="increase")
+    lax.fori_loop(0, local_items, lambda k, base: consume_item(base, *item(k)), jnp.int32(0))
+    plgpu.wait_smem_to_gmem(0)
+
+  @pl.when(wg == consumers)
+  def _producer():
+    plgpu.set_max_registers(24, action="decrease")
+    stream.drain(lax.fori_loop(0, local_items, produce_item, jnp.int32(0)))
