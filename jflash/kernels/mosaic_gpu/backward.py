@@ -51,7 +51,7 @@ CONSUMERS, LOG2E, WGMMA = steps.CONSUMERS, steps.LOG2E, steps.WGMMA
 def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
                rows: int, heads: int, batch: int, interpretable: bool, consumers: int,
-               l2_group: int):
+               l2_group: int, overlap: bool):
   # q, do, dq: [B, Tp, N, H]; lse2, delta: [B, N, Tp]; k, v: [B, Sp, K, H]; interpretable
   # form: kt, vt [B, K, H, Sp] (Kᵀ, Vᵀ) instead of v; then the variants' inputs (`names`).
   n_in = 7 if interpretable else 6
@@ -95,17 +95,25 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       else:
         k_tile, v_tile = tiles
         k_t, v_t = k_tile.T, v_tile.T
-      s = steps.matmul(q_tile, k_t, shape)
-      dp = steps.matmul(do_tile, v_t, shape)
       kv_pos = j * block_kv + kv_iota
       visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, q_seg, j * block_kv, 0)
                  if masked else None)
-      p, dz = steps.probabilities(s, lse2, scale=scale, score_mod=score_mod,
-                             q_pos=q_pos + pos.offset, kv_pos=kv_pos, lse_dim=0,
-                             visible=visible)
-      ds = steps.score_grads(p, dp, delta, dz, 0)
-      dq = steps.accumulate(dq, ds.astype(q_ref.dtype), k_tile,
-                       ds_smem.at[wg] if interpretable else None)
+
+      def products(mm):  # accumulators: 0 dQ, 1 S, 2 dP
+        mm.mma(1, q_tile, k_t)
+        if overlap:  # P is computed while dP runs
+          mm.mma(2, do_tile, v_t)
+        p, dz = steps.probabilities(mm.get(1, wait_n=1), lse2, scale=scale,
+                                    score_mod=score_mod, q_pos=q_pos + pos.offset,
+                                    kv_pos=kv_pos, lse_dim=0, visible=visible)
+        if not overlap:
+          mm.mma(2, do_tile, v_t)
+        ds = steps.score_grads(p, mm.get(2, wait_n=0), delta, dz, 0)
+        mm.mma(0, ds.astype(q_ref.dtype), k_tile)
+
+      (dq,) = steps.pipelined(products, (dq,), [shape] * 2,
+                              asynchronous=overlap and not interpretable,
+                              a_smem=ds_smem.at[wg] if interpretable else None)
       stream.release(slot)
       return dq
 
@@ -136,7 +144,7 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                 score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
                 rows: int, heads: int, batch: int, interpretable: bool, split: bool,
-                fused: str | None):
+                fused: str | None, overlap: bool):
   # k, v, dk, dv: [B, Sp, K, H]; q, do: [B, Tp, N, H]; lse2, delta: [B, N, Tp];
   # interpretable form: also qt, dot [B, N, H, Tp] (Qᵀ, dOᵀ). With `split` (H > 128,
   # where dK and dV of 64 rows do not both fit one warpgroup's registers) the two
@@ -217,37 +225,41 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
           q_tile, do_tile, lse_tile, delta_tile = tiles
           q_t, do_t = q_tile.T, do_tile.T
         lse2 = plgpu.load(lse_tile, layout=WGMMA.reduce(0))
-        s_t = steps.matmul(k_tile, q_t, shape)
+        delta = plgpu.load(delta_tile, layout=WGMMA.reduce(0)) if does_dk else None
         q_pos = i * block_q + q_iota
         visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, kv_seg, i * block_q, 1)
                    if masked else None)
-        p_t, dz = steps.probabilities(s_t, lse2, scale=scale, score_mod=score_mod,
-                                 q_pos=q_pos + pos.offset, kv_pos=kv_pos, lse_dim=1,
-                                 visible=visible)
-        out = []
-        if does_dv:
-          out.append(steps.accumulate(carry[len(out)], p_t.astype(q_ref.dtype), do_tile, a_smem))
-        if does_dk:
-          delta = plgpu.load(delta_tile, layout=WGMMA.reduce(0))
-          dp_t = steps.matmul(v_tile, do_t, shape)
+        # Accumulators: the carry (dV if does_dv, then dK if does_dk), Sᵀ, then dPᵀ.
+        dv_i, dk_i = 0, len(carry) - 1
+        s_i, dp_i = len(carry), len(carry) + 1
+
+        def products(mm):
+          # With `overlap`, Sᵀ and dPᵀ go to the tensor cores together; Pᵀ is computed
+          # while dPᵀ runs, and dSᵀ while dV += Pᵀ dO runs. dK += dSᵀ Q is awaited at
+          # the step's end.
+          mm.mma(s_i, k_tile, q_t)
+          if overlap and does_dk:
+            mm.mma(dp_i, v_tile, do_t)
+          p_t, dz = steps.probabilities(mm.get(s_i, wait_n=int(does_dk)), lse2, scale=scale,
+                                        score_mod=score_mod, q_pos=q_pos + pos.offset,
+                                        kv_pos=kv_pos, lse_dim=1, visible=visible)
+          if does_dv:
+            mm.mma(dv_i, p_t.astype(q_ref.dtype), do_tile)
+          if not does_dk:
+            return
+          if not overlap:
+            mm.mma(dp_i, v_tile, do_t)
+          dp_t = mm.get(dp_i, wait_n=int(does_dv))
           ds_t = steps.score_grads(p_t, dp_t, delta, dz, 1).astype(q_ref.dtype)
+          mm.mma(dk_i, ds_t, q_tile)
           if fused:
             at = (b, pl.ds(i * block_q, block_q), kv_head * groups + g)
-            dq_share = functools.partial(
-                steps.dq_share, ds_t, wg, t, k_smem, *dq_scratch,
-                dq_out=dq_acc.at[(writer, *at) if interpretable else at],
-                split_cols=split_cols, interpretable=interpretable)
-          if fused and not interpretable:
-            # dK += dSᵀ Q runs on the tensor cores while dS goes through shared memory
-            # to the dQ share (whose wait covers it).
-            def dk_and_dq(dk_ref):
-              plgpu.wgmma(dk_ref, ds_t, q_tile)
-              dq_share()
-            out.append(pl.run_state(dk_and_dq)(plgpu.ACC.init(carry[len(out)])))
-          else:
-            out.append(steps.accumulate(carry[len(out)], ds_t, q_tile, a_smem))
-            if fused:
-              dq_share()
+            steps.dq_share(ds_t, wg, t, k_smem, *dq_scratch,
+                           dq_out=dq_acc.at[(writer, *at) if interpretable else at],
+                           split_cols=split_cols, interpretable=interpretable)
+
+        out = steps.pipelined(products, carry, [shape] * (1 + does_dk),
+                              asynchronous=overlap and not interpretable, a_smem=a_smem)
         stream.release(slot)
         return tuple(out)
 
@@ -368,10 +380,16 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   # 0.975x at H=64 (query blocks of 256 rows; not understood), where it stays off.
   dq_l2_group = (common.l2_group(2 * s_pad * h_pad * itemsize, n * b, t_pad // q_multiple)
                  if h_pad >= 128 else n * b)
+  # Each consumer's S and dP go to the tensor cores together where both fit its
+  # registers with the accumulators: 64 x 64 tiles at H <= 128. H200, B·T = 16k,
+  # bf16 (ABAB, BUILD_NOTES issue 10 session 4): H=128 1.09x (T=2k) and 1.04-1.09x
+  # (T=16k causal) the one-at-a-time order; H=64's 128-query tiles and H=256 spilled
+  # 300-1100 bytes and ran 0.7x and 0.98x; the fused kernel spilled more and ran slower.
+  overlap = h_pad <= 128 and block_q * block_kv <= 64 * 64
   dq = None if fused else plgpu.kernel(
       functools.partial(_dq_kernel, consumers=c, names=names, rows=t_pad // q_multiple,
                         heads=n, batch=b, **params,
-                        l2_group=dq_l2_group),
+                        l2_group=dq_l2_group, overlap=overlap),
       out_type=jax.ShapeDtypeStruct(q.shape, dtype),
       scratch_types=[
           (smem((c, *rows_q)), smem((c, *rows_q)), plgpu.SMEM((c, block_q), jnp.float32),
@@ -403,7 +421,8 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
                      common.smem((CONSUMERS, block_q, h_pad // slots), jnp.float32),
                      plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=2)]
   dkv_kernel = plgpu.kernel(
-      functools.partial(_dkv_kernel, split=split, fused=fused, names=names,
+      functools.partial(_dkv_kernel, split=split, fused=fused, overlap=overlap and not fused,
+                        names=names,
                         rows=s_pad // kv_multiple, heads=kv_heads, batch=b, **params),
       out_type=[jax.ShapeDtypeStruct(k.shape, dtype)] * 2,
       scratch_types=[

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
@@ -51,13 +52,75 @@ def matmul(a, b, shape, more=()):
   return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
 
 
-def accumulate(acc, a, b, a_smem):
-  """acc + a @ b, `a` a register tile; with `a_smem` (interpretable form) via that buffer."""
-  if a_smem is None:
-    return pl.run_state(lambda acc_ref: plgpu.wgmma(acc_ref, a, b))(plgpu.ACC.init(acc))
-  a_smem[...] = a
-  plgpu.commit_smem()
-  return acc + matmul(a_smem, b, acc.shape)
+class _Refs:
+  """Pipelined products (native form): wgmma issued asynchronously into accumulator
+  refs, awaited where read."""
+
+  def __init__(self, refs):
+    self.refs = list(refs)
+
+  def mma(self, i, a, b):
+    plgpu.wgmma(self.refs[i], a, b)
+
+  def get(self, i, wait_n):
+    return plgpu.wgmma_accumulator_load(self.refs[i], wait_n=wait_n)
+
+
+class _Serial:
+  """Serial products: each computed when issued, in an accumulator scope of its own, so
+  only the carried accumulators and the operands in use are live (the fewest
+  registers). In the interpretable form (`a_smem`, the register operands'
+  shared-memory buffer) register operands go through shared memory: the interpreter
+  has neither register-operand wgmma nor accumulator refs around a step."""
+
+  def __init__(self, values, a_smem):
+    self.values, self.a_smem = list(values), a_smem
+
+  def mma(self, i, a, b):
+    acc = self.values[i]
+    if isinstance(acc, tuple):  # a fresh accumulator: its shape
+      self.values[i] = matmul(a, b, acc)
+    elif isinstance(a, jax.Array) and self.a_smem is None:  # native, register operand
+      self.values[i] = pl.run_state(lambda ref: plgpu.wgmma(ref, a, b))(plgpu.ACC.init(acc))
+    else:
+      if isinstance(a, jax.Array):  # a register tile (refs are not jax.Arrays)
+        self.a_smem[...] = a
+        plgpu.commit_smem()
+        a = self.a_smem
+      self.values[i] = acc + matmul(a, b, acc.shape)
+
+  def get(self, i, wait_n):
+    del wait_n
+    return self.values[i]
+
+
+def pipelined(body, carry, fresh, *, asynchronous: bool, a_smem=None):
+  """One step's matrix multiplies on the tensor cores, written once for every form.
+
+  `body(mm)` issues ``mm.mma(i, a, b)`` (acc_i += a @ b) and reads ``mm.get(i, wait_n)``.
+  Accumulators 0 .. len(carry) - 1 start from the fp32 register tiles `carry`; the next
+  ones are fresh (zero), of the shapes `fresh`, and live only within the step. Returns
+  the new carry.
+
+  `asynchronous` (native form only): ``get`` waits until at most `wait_n` of the
+  products issued so far still run (wgmma groups complete in order), and the step's end
+  waits for all. So exponentials run while the next product is on the tensor cores,
+  FlashAttention-3's intra-warpgroup overlap; the cost is registers, as every fresh
+  accumulator is live for the whole step. Otherwise each product completes when issued
+  (:class:`_Serial`), in the body's order, which the interpretable form (`a_smem`
+  given) so checks for the asynchronous one too.
+  """
+  if not asynchronous:
+    mm = _Serial([*carry, *fresh], a_smem)
+    body(mm)
+    return tuple(mm.values[:len(carry)])
+
+  def run(carry_refs):
+    def scoped(*fresh_refs):
+      body(_Refs([*carry_refs, *fresh_refs]))
+    pl.run_scoped(scoped, *[plgpu.ACC(shape, jnp.float32) for shape in fresh])
+
+  return tuple(pl.run_state(run)(tuple(plgpu.ACC.init(c) for c in carry)))
 
 
 def dq_share(ds_t, wg, t, k_smem, ds_smem, dq_smem, ready, dq_out, *, split_cols: bool,
