@@ -125,7 +125,8 @@ def fused_smem_bytes(block_q: int, block_kv: int, stages: int, head_dim: int,
 def default_config(head_dim: int, is_causal: bool, q_len: int | None = None) -> MosaicGpuConfig:
   """The forward and backward tiles for head dim `head_dim` (after padding), T = `q_len`."""
   # Measured on an H200 (BUILD_NOTES, issue 10 log): at H=64, backward query tiles of
-  # 128 rows ran 22% faster than 64 (376 vs 307 TFLOP/s at T=2k); at H=128 they spill
+  # 128 rows ran 22% faster than 64 (376 vs 307 TFLOP/s at T=2k) before the backward
+  # overlapped S and dP (session 4; see below); at H=128 they spill
   # and ran at 205 vs 364. Forward key tiles of 128 beat 64 (408 vs 328 at H=64) and a
   # third stage did not help (375).
   # A persistent forward ran 1.00-1.22x the one-CTA-per-item launch (H200, H=64/128/256,
@@ -137,8 +138,13 @@ def default_config(head_dim: int, is_causal: bool, q_len: int | None = None) -> 
   # The intra-warpgroup overlap ran 5% faster at H=256, T=2k non-causal (678 vs 644) and
   # 2-3% slower at H=128 (T=2k and 16k); H=192 not measured.
   if head_dim <= 64:
-    return MosaicGpuConfig(block_q=64, block_kv=128 if is_causal else 256, num_stages=2,
-                           bwd_block_q=128, bwd_persistent=bwd_persistent)
+    forward = dict(block_q=64, block_kv=128 if is_causal else 256, num_stages=2)
+    # Causal, T <= 4k: 64-query tiles, whose S and dP overlap in the backward
+    # (backward.py), with 3 stages ran 1.10x (T=1k), 1.06x (2k) and 1.02x (4k) the
+    # 128-query tiles, and 0.99x at 16k (H200, session 4 of issue 10).
+    if is_causal and q_len is not None and q_len <= 4096:
+      return MosaicGpuConfig(**forward, bwd_block_q=64, bwd_num_stages=3)
+    return MosaicGpuConfig(**forward, bwd_block_q=128, bwd_persistent=bwd_persistent)
   if head_dim <= 128:
     return MosaicGpuConfig(block_q=64, block_kv=128, num_stages=2, bwd_persistent=bwd_persistent)
   return MosaicGpuConfig(block_q=64, block_kv=64, num_stages=2, overlap=not is_causal)
