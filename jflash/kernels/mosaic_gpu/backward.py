@@ -84,8 +84,6 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
     lse2 = plgpu.load(lse_smem.at[wg], layout=WGMMA.reduce(1))
     delta = plgpu.load(delta_smem.at[wg], layout=WGMMA.reduce(1))
     shape = (block_q, block_kv)
-    q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
-    kv_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
     q_seg = (ex.segment_ids("q_seg", b, q_start, block_q, 0) if spec.segment_ids else None)
 
     def step(e, j, dq, masked):
@@ -95,7 +93,10 @@ def _dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       else:
         k_tile, v_tile = tiles
         k_t, v_t = k_tile.T, v_tile.T
-      kv_pos = j * block_kv + kv_iota
+      # Positions are formed per step, where used (masks, score mods): two int32 tiles
+      # live across the loop would cost 2 x 32 registers per thread.
+      q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
+      kv_pos = j * block_kv + plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
       visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, q_seg, j * block_kv, 0)
                  if masked else None)
 
@@ -206,8 +207,6 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       steps.load_own([(k_ref.at[b, kv_rows, kv_head], k_tile),
                  (v_ref.at[b, kv_rows, kv_head], v_tile)], own_bars, wg)
     shape = (block_kv, block_q)
-    kv_pos = kv_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
-    q_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
     mine = variants.own_tiles(spec, sched, pos, kv_start, block_kv, block_q, transpose=True)
     if split_cols:  # both consumers take every tile of the CTA, to exchange dS
       mine = sched.cta
@@ -226,7 +225,9 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
           q_t, do_t = q_tile.T, do_tile.T
         lse2 = plgpu.load(lse_tile, layout=WGMMA.reduce(0))
         delta = plgpu.load(delta_tile, layout=WGMMA.reduce(0)) if does_dk else None
-        q_pos = i * block_q + q_iota
+        # Positions per step, where used (as in the dQ kernel).
+        kv_pos = kv_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
+        q_pos = i * block_q + plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
         visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, kv_seg, i * block_q, 1)
                    if masked else None)
         # Accumulators: the carry (dV if does_dv, then dK if does_dk), Sᵀ, then dPᵀ.
