@@ -15,6 +15,9 @@ for h, t, c in grid:
   row = {"H": h, "T": t, "causal": causal}
   for label in impls:
     impl = label
+    det = True
+    if impl.endswith(":nd"):  # deterministic=False (the fused backward)
+      impl, det = impl[:-3], False
     if impl == "tokamax":
       import tokamax
       att = lambda q, k, v: tokamax.dot_product_attention(q, k, v, is_causal=causal, implementation="mosaic")
@@ -22,18 +25,21 @@ for h, t, c in grid:
       att = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
     else:
       cfg = None
-      if impl.endswith((":np", ":ov")):  # default tiles; :np one CTA per work item, :ov overlap
+      if impl.endswith((":np", ":ov", ":fu")):  # default tiles; :np one CTA per work item, :ov overlap
         import dataclasses
         from jflash.kernels.mosaic_gpu.config import default_config, kernel_head_dim
         impl, variant = impl[:-3], impl[-2:]
         cfg = default_config(kernel_head_dim(h), causal, t)
         cfg = (dataclasses.replace(cfg, persistent=False, bwd_persistent=False) if variant == "np"
+               else dataclasses.replace(cfg, bwd_fused=True) if variant == "fu"
                else dataclasses.replace(cfg, overlap=True))
+        if variant == "fu":
+          det = False
       if "/" in impl:  # mosaic_gpu/bq/bkv/stages/bbq/bbkv/bst[/persistent 0|1]
         impl, *nums = impl.split("/")
         nums = [int(x) for x in nums]
         cfg = jflash.MosaicGpuConfig(*nums[:6], *map(bool, nums[6:]))  # 7th: persistent
-      att = lambda q, k, v, impl=impl, cfg=cfg: jflash.attention(q, k, v, is_causal=causal, implementation=impl, config=cfg)
+      att = lambda q, k, v, impl=impl, cfg=cfg: jflash.attention(q, k, v, is_causal=causal, implementation=impl, config=cfg, deterministic=det)
     fwd = jax.jit(att)
     fb = jax.jit(lambda q, k, v, do: jax.vjp(att, q, k, v)[1](do))
     try:

@@ -21,6 +21,11 @@ warpgroups that each own 64-row tiles of the other side and accumulate in regist
   it issues, and so far this measured 0-40% slower than the two kernels on an H200
   (BUILD_NOTES): not the default until the consumers pipeline their wgmmas.
 
+A tile's matrix multiplies are written once (:func:`.backward_steps.pipelined`). With
+64 x 64 tiles at H <= 128 (two kernels) they overlap inside each consumer, as in
+FlashAttention-3: S and dP are issued together, P is computed while dP runs, dS while
+dV runs. Elsewhere each completes when issued, which needs fewer registers.
+
 Both recompute P = exp(scale q.k - lse) from the forward pass's lse and use delta =
 rowsum(dO * O) - dL/dlse. As in the forward, the native form reads transposed operands
 through transposed shared-memory views and feeds Pᵀ, dSᵀ and dS to wgmma from
