@@ -383,7 +383,8 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
                                   rows=q_multiple, cols=block_kv)
   # Causal dQ work in L2 sections, as in the forward, at H >= 128: measured on an H200
   # (ABAB, BUILD_NOTES issue 10 session 3) 1.02-1.04x at H=128/256, T=2k/4k, and
-  # 0.975x at H=64 (query blocks of 256 rows; not understood), where it stays off.
+  # 0.975x at H=64 (query blocks of 256 rows; not understood), where it stays off;
+  # 1.02-1.04x at H=192 (session 4).
   dq_l2_group = (common.l2_group(2 * s_pad * h_pad * itemsize, n * b, t_pad // q_multiple)
                  if h_pad >= 128 else n * b)
   # Each consumer's S and dP go to the tensor cores together where both fit its

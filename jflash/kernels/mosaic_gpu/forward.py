@@ -48,6 +48,14 @@ LN2 = math.log(2.0)
 CONSUMERS = 2  # consumer warpgroups per CTA; the producer is warpgroup CONSUMERS
 
 
+
+#: Head dims (padded) whose causal forward runs in L2 sections (:func:`.common.l2_group`):
+#: on an H200 (issue 10 sessions 3-4) sections ran it 1.04-1.19x at H = 64, 128, 256 but
+#: 0.61-0.74x at H = 96 and 192 (T = 2k, 4k; not understood: their rows are not a power
+#: of two bytes).
+L2_SECTION_HEAD_DIMS = (64, 128, 256)
+
+
 def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                     score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
                     num_q_ctas: int, heads: int, batch: int, q_bufs: int, overlap: bool,
@@ -378,7 +386,7 @@ def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: Mas
       block_kv=block_kv, stages=stages, groups=n // kv_heads, num_q_ctas=num_q_ctas,
       heads=n, batch=b, q_bufs=q_bufs, overlap=config.overlap, interpretable=interpretable,
       l2_group=common.l2_group(2 * s_pad * h_pad * jnp.dtype(dtype).itemsize, n * b,
-                               num_q_ctas))
+                               num_q_ctas) if h_pad in L2_SECTION_HEAD_DIMS else n * b)
   out, lse = plgpu.kernel(
       kernel,
       out_type=[jax.ShapeDtypeStruct(q.shape, dtype),
