@@ -1,0 +1,115 @@
+"""The dQ kernel of the Mosaic GPU backward (:mod:`.backward`, which launches it).
+
+A CTA holds ``consumers * bwd_block_q`` queries of one head (each consumer warpgroup its
+own 64-row tiles of Q, dO, lse and delta) and streams the key/value tiles they see from a
+producer warpgroup: S = Q Kᵀ, dP = dO Vᵀ, P recomputed from lse, dS = P (dP - delta),
+dQ += dS K (FlashAttention-2's backward, Dao 2023, Algorithm 2, the dQ half). No CTA
+writes what another accumulates, so dQ is bitwise reproducible.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from jflash.kernels.mosaic_gpu import backward_steps as steps, common, variants
+from jflash.masks import MaskSpec
+from jflash.scores import ScoreMod
+
+WGMMA = steps.WGMMA
+
+
+def dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
+               score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
+               rows: int, heads: int, batch: int, interpretable: bool, consumers: int,
+               l2_group: int, overlap: bool):
+  # q, do, dq: [B, Tp, N, H]; lse2, delta: [B, N, Tp]; k, v: [B, Sp, K, H]; interpretable
+  # form: kt, vt [B, K, H, Sp] (Kᵀ, Vᵀ) instead of v; then the variants' inputs (`names`).
+  n_in = 7 if interpretable else 6
+  q_ref, do_ref, lse_ref, delta_ref, *kv_refs = refs[:n_in]
+  ex, rest = variants.split(refs[n_in:], names)
+  dq_ref, own, own_bars, bufs, full, free, ds_smem = rest
+  q_smem, do_smem, lse_smem, delta_smem = own
+  wg = lax.axis_index("wg")
+  local_items, item_index = common.work_items(rows * heads * batch)  # persistent
+  stream = common.Stream(bufs, full, free, common.Ring(stages))
+
+  def item(k):
+    """(head, b, first query row, positions, schedule) of the CTA's k-th work item."""
+    i, head, b = common.work_item(item_index(k), rows=rows, heads=heads, batch=batch,
+                                  row_major=spec.is_causal, reverse=True, group=l2_group)
+    pos = ex.positions(spec, b)
+    cta_start = i * (consumers * block_q)
+    return head, b, cta_start, pos, variants.schedule_of(
+        spec, ex, pos, b=b, row=i, start=cta_start, rows=consumers * block_q, cols=block_kv)
+
+  def consume_item(base, head, b, cta_start, pos, sched):
+    """One consumer's work on a work item whose stream entries start at `base`."""
+    q_start = cta_start + wg * block_q
+    rows_ = pl.ds(q_start, block_q)
+    q_tile, do_tile = q_smem.at[wg], do_smem.at[wg]
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last item's dQ store read q_tile
+    steps.load_own([(q_ref.at[b, rows_, head], q_tile), (do_ref.at[b, rows_, head], do_tile),
+               (lse_ref.at[b, head, rows_], lse_smem.at[wg]),
+               (delta_ref.at[b, head, rows_], delta_smem.at[wg])], own_bars, wg)
+    lse2 = plgpu.load(lse_smem.at[wg], layout=WGMMA.reduce(1))
+    delta = plgpu.load(delta_smem.at[wg], layout=WGMMA.reduce(1))
+    shape = (block_q, block_kv)
+    q_seg = (ex.segment_ids("q_seg", b, q_start, block_q, 0) if spec.segment_ids else None)
+
+    def step(e, j, dq, masked):
+      tiles, slot = stream.wait(e)
+      if interpretable:
+        k_tile, k_t, v_t = tiles
+      else:
+        k_tile, v_tile = tiles
+        k_t, v_t = k_tile.T, v_tile.T
+      # Positions are formed per step, where used (masks, score mods): two int32 tiles
+      # live across the loop would cost 2 x 32 registers per thread.
+      q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
+      kv_pos = j * block_kv + plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
+      visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, q_seg, j * block_kv, 0)
+                 if masked else None)
+
+      def products(mm):  # accumulators: 0 dQ, 1 S, 2 dP
+        mm.mma(1, q_tile, k_t)
+        if overlap:  # P is computed while dP runs
+          mm.mma(2, do_tile, v_t)
+        p, dz = steps.probabilities(mm.get(1, wait_n=1), lse2, scale=scale,
+                                    score_mod=score_mod, q_pos=q_pos + pos.offset,
+                                    kv_pos=kv_pos, lse_dim=0, visible=visible)
+        if not overlap:
+          mm.mma(2, do_tile, v_t)
+        ds = steps.score_grads(p, mm.get(2, wait_n=0), delta, dz, 0)
+        mm.mma(0, ds.astype(q_ref.dtype), k_tile)
+
+      (dq,) = steps.pipelined(products, (dq,), [shape] * 2,
+                              asynchronous=overlap and not interpretable,
+                              a_smem=ds_smem.at[wg] if interpretable else None)
+      stream.release(slot)
+      return dq
+
+    dq = plgpu.layout_cast(jnp.zeros(q_tile.shape, jnp.float32), WGMMA)
+    mine = variants.own_tiles(spec, sched, pos, q_start, block_q, block_kv)
+    dq = sched.consume(mine, step, stream.skip, dq, base=base)
+    steps.store_own([((dq * scale).astype(q_ref.dtype), q_tile, dq_ref.at[b, rows_, head])])
+    return base + sched.count
+
+  def produce_item(k, base):
+    head, b, _, _, sched = item(k)
+    kv_head = lax.div(head, jnp.int32(groups))
+
+    def sources(e):
+      kv_rows = pl.ds(sched.tile(e) * block_kv, block_kv)
+      if interpretable:
+        k_ref, kt_ref, vt_ref = kv_refs
+        return (k_ref.at[b, kv_rows, kv_head], kt_ref.at[b, kv_head, :, kv_rows],
+                vt_ref.at[b, kv_head, :, kv_rows])
+      k_ref, v_ref = kv_refs
+      return k_ref.at[b, kv_rows, kv_head], v_ref.at[b, kv_rows, kv_head]
+
+    return stream.produce(sched.count, sources, base)
+
+  steps.run_items(wg, consumers, local_items, item, consume_item, produce_item, stream)
