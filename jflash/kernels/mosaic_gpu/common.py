@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
+from jax.experimental.mosaic import gpu as mgpu
 
 from jflash.kernels.mosaic_gpu.config import kernel_head_dim, swizzle_bytes
 from jflash.masks import TileRange
@@ -174,19 +175,87 @@ def interpret_params():
   return InterpretGPUParams(detect_races=True)
 
 
+#: Named (hardware) barrier ids free for the kernels: Mosaic GPU uses 0 (the CTA) and
+#: 1-3 (one per warpgroup); Hopper has 16.
+NAMED_BARRIER_IDS = range(4, 16)
+WARPGROUP = 128  # threads
+
+
+def named_barrier_ids(*counts: int) -> list[int]:
+  """The first named barrier id of each of consecutive blocks of `counts` ids."""
+  firsts, nxt = [], NAMED_BARRIER_IDS.start
+  for n in counts:
+    firsts.append(nxt)
+    nxt += n
+  if nxt > NAMED_BARRIER_IDS.stop:
+    raise ValueError(f"{sum(counts)} named barriers asked for ({counts}); "
+                     f"{len(NAMED_BARRIER_IDS)} are free")
+  return firsts
+
+
+def _bar(op: str, barrier_id, threads: int) -> None:
+  """PTX ``bar.{op} barrier_id, threads`` by every thread of the calling warpgroup."""
+  if isinstance(barrier_id, int):
+    plgpu.inline_mgpu()(lambda _: mgpu.utils.inline_ptx(
+        f"bar.{op} {barrier_id}, {threads};", has_side_effects=True, convergent=True))()
+    return
+
+  @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WG_SPLAT,))
+  def dynamic(_, i):
+    mgpu.utils.inline_ptx(f"bar.{op} $0, {threads};", i.registers[()],
+                          has_side_effects=True, convergent=True)
+
+  dynamic(barrier_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Signal:
+  """One-way signals from `arrivers` warpgroups to `waiters` warpgroups, one per slot.
+
+  Each :meth:`arrive` of every arriver is matched by one :meth:`wait` of every waiter, in
+  order. Natively they are named barriers (``bar.arrive`` / ``bar.sync`` over the
+  arrivers' and waiters' threads, ids ``first_id + slot``): hardware counters, which
+  FlashAttention-3 and tokamax use for these signals, where an mbarrier costs every
+  thread an atomic arrive or a polling wait. With ``first_id=None`` (the interpretable
+  form, which Mosaic GPU's interpret mode race-checks) they are the mbarriers
+  `barrier` (``num_arrivals=arrivers``), in the same order.
+  """
+
+  barrier: Any  # plgpu.Barrier ref, [slots]
+  first_id: int | None
+  arrivers: int = 1
+  waiters: int = 1
+
+  @property
+  def threads(self) -> int:
+    return (self.arrivers + self.waiters) * WARPGROUP
+
+  def arrive(self, slot: Index = 0) -> None:
+    if self.first_id is None:
+      plgpu.barrier_arrive(self.barrier.at[slot])
+    else:
+      _bar("arrive", self.first_id + slot, self.threads)
+
+  def wait(self, slot: Index = 0) -> None:
+    if self.first_id is None:
+      plgpu.barrier_wait(self.barrier.at[slot])
+    else:
+      _bar("sync", self.first_id + slot, self.threads)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stream:
   """Tiles that a producer warpgroup streams to the consumers through a ring.
 
   Each tile brings one buffer per operand into slot ``ring.slot(t)`` of `bufs`; operand
-  n's TMA completes barrier ``full[n][slot]``, and the consumers (``free`` counts their
-  arrivals) release the slot once its last read is done. Consumers must observe every
+  n's TMA completes barrier ``full[n][slot]``, and the consumers release the slot once
+  its last read is done (signal `free`, consumers to producer). Consumers must observe every
   tile, in order: a tile they do not compute is waited on and released (:meth:`skip`).
   """
 
   bufs: tuple[Any, ...]
   full: tuple[Any, ...]
-  free: Any
+  free: Signal
   ring: Ring
 
   def produce(self, count: Index, sources, base: Index = 0) -> Index:
@@ -196,7 +265,7 @@ class Stream:
 
     def load(t, _):
       slot = self.ring.slot(base + t)
-      pl.when(base + t >= stages)(lambda: plgpu.barrier_wait(self.free.at[slot]))
+      pl.when(base + t >= stages)(lambda: self.free.wait(slot))
       for src, buf, full in zip(sources(t), self.bufs, self.full):
         plgpu.copy_gmem_to_smem(src, buf.at[slot], full.at[slot])
 
@@ -206,8 +275,8 @@ class Stream:
   def drain(self, total: Index) -> None:
     """Producer, at the end: observes the frees of the last entries before `total`
     (interpret mode checks that every barrier phase is waited on)."""
-    fori(self.ring.drain_start(total), total, lambda t, _: plgpu.barrier_wait(
-        self.free.at[self.ring.slot(t)]), None)
+    fori(self.ring.drain_start(total), total,
+         lambda t, _: self.free.wait(self.ring.slot(t)), None)
 
   def wait(self, t):
     """Consumer: waits until tile t is in shared memory; returns its buffers and slot."""
@@ -217,7 +286,7 @@ class Stream:
     return tuple(buf.at[slot] for buf in self.bufs), slot
 
   def release(self, slot) -> None:
-    plgpu.barrier_arrive(self.free.at[slot])
+    self.free.arrive(slot)
 
   def skip(self, t, carry):
     """Consumer: lets tile t pass without computing on it."""

@@ -5,11 +5,15 @@ FlashAttention-3 (Shah et al. 2024) layout: one CTA per 2 * ``block_q`` query ro
 
 * a producer warpgroup (few registers) streams the key and value tiles the CTA sees
   through a ring of ``num_stages`` shared-memory slots with TMA, each slot guarded by a
-  "full" barrier (TMA completion) and a "free" barrier (both consumers are done);
+  "full" barrier (TMA completion) and a "free" signal (both consumers are done);
 * two consumer warpgroups (the rest of the registers) each keep ``block_q`` query rows
   and run the online softmax of FlashAttention-2 (base 2, row max pre-scaled) on
-  wgmma tiles; a two-arrival "schedule" barrier makes them take turns on the tensor
-  cores (ping-pong), so one's softmax overlaps the other's matrix multiplies.
+  wgmma tiles; "turn" signals make them take turns on the tensor cores (ping-pong: a
+  consumer's PV product waits until the other has issued its next QKᵀ), so one's
+  softmax overlaps the other's matrix multiplies.
+
+The signals between warpgroups are named barriers natively (:class:`.common.Signal`),
+mbarriers in the interpretable form.
 
 Positional masks (causal, window, ``q_offset``, lengths; static or per batch element)
 bound each row's key tiles with :meth:`jflash.masks.MaskSpec.kv_tiles`; only the tiles
@@ -67,6 +71,12 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   ex, rest = variants.split(refs[3:], names)
   (out_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem, p_smem, q_full, k_full, v_full,
    k_free, v_free, turn) = rest
+  # Signals between warpgroups: named barriers natively, mbarriers when interpretable.
+  ids = [None] * 3 if interpretable else common.named_barrier_ids(4, stages, stages)
+  # turn[2 * parity + c]: the other consumer to consumer c, in items of that parity
+  turn = common.Signal(turn, ids[0])
+  k_free, v_free = (common.Signal(bar, i, arrivers=CONSUMERS)
+                    for bar, i in ((k_free, ids[1]), (v_free, ids[2])))
   # Persistent: each CTA runs several work items (one each when there are as many CTAs).
   local_items, item_index = common.work_items(num_q_ctas * heads * batch)
   wg = lax.axis_index("wg")
@@ -83,10 +93,6 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                                  cols=block_kv)
     return head, b, start, pos, sched
 
-  def sync_turn():  # both consumers reach this point
-    plgpu.barrier_arrive(turn)
-    plgpu.barrier_wait(turn)
-
   @pl.when(wg < CONSUMERS)
   def _consumer():
     plgpu.set_max_registers(232, action="increase")
@@ -99,9 +105,23 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
     load_q(0)  # every CTA has an item (ctas <= items)
 
-    def attend(q_tile, q_start, pos, sched, base, b):
+    def attend(q_tile, q_start, pos, sched, base, b, parity):
       """Online softmax over this item's stream entries (entries base, base + 1, ...
       of the CTA's stream): (acc, m, l, q_pos), acc unnormalised, m in base-2 units."""
+
+      # Ping-pong (FlashAttention-3): a consumer's PV product waits until the other has
+      # issued its next QKᵀ, so one's softmax runs while the other's products do.
+      # Consecutive items use two sets of signals: a named barrier counts arrivals, not
+      # phases, so consumer 0 must not pass the next item's turn into a barrier whose
+      # last turn of this item consumer 1 has not taken yet; the other set makes that
+      # impossible (consumer 0 takes a turn in between, which needs consumer 1 in the
+      # next item).
+      def your_turn():  # my QKᵀ is issued
+        turn.arrive(2 * parity + 1 - wg)
+
+      def my_turn():  # the other consumer's QKᵀ is issued: my PV may go
+        turn.wait(2 * parity + wg)
+
       c = 1.0 if score_mod.active else scale * LOG2E  # logits -> base-2 exponents
       shape = (block_q, block_kv)
       q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
@@ -133,16 +153,15 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
         def qk(acc_ref):
           plgpu.wgmma(acc_ref, q_tile, k_t)
-          sync_turn()  # my QKᵀ is issued: the other consumer's PV may go
+          your_turn()
           return acc_ref[...]
 
         s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32))
-        plgpu.barrier_arrive(k_free.at[slot])
+        k_free.arrive(slot)
         p, m_new, l, alpha = softmax(s, m, l, j, masked)
         acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-        plgpu.barrier_arrive(turn)  # softmax done
         plgpu.barrier_wait(v_full.at[slot])
-        plgpu.barrier_wait(turn)  # the tensor cores are mine
+        my_turn()
         if interpretable:
           p_tile = p_smem.at[wg]
           p_tile[...] = p
@@ -156,18 +175,17 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         else:
           acc = pl.run_state(lambda acc_ref: plgpu.wgmma(acc_ref, p, v_smem.at[slot]))(
               plgpu.ACC.init(acc))
-        plgpu.barrier_arrive(v_free.at[slot])
+        v_free.arrive(slot)
         return acc, m_new, l
 
       def skip(e, carry):  # a tile of the CTA that this consumer's rows do not see
         slot = ring.slot(e)
         plgpu.barrier_wait(k_full.at[slot])
-        sync_turn()
-        plgpu.barrier_arrive(k_free.at[slot])
-        plgpu.barrier_arrive(turn)
+        your_turn()
+        k_free.arrive(slot)
         plgpu.barrier_wait(v_full.at[slot])
-        plgpu.barrier_wait(turn)
-        plgpu.barrier_arrive(v_free.at[slot])
+        my_turn()
+        v_free.arrive(slot)
         return carry
 
       row = plgpu.Layout.WGMMA.reduce(1)
@@ -175,7 +193,7 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       carry = (plgpu.layout_cast(acc, plgpu.Layout.WGMMA),
                plgpu.layout_cast(jnp.full((block_q,), -jnp.inf, jnp.float32), row),
                plgpu.layout_cast(jnp.zeros((block_q,), jnp.float32), row))
-      pl.when(wg == 1)(sync_turn)  # consumer 1 starts half a step behind
+      pl.when(wg == 1)(my_turn)  # consumer 1 starts half a step behind
       mine = variants.own_tiles(spec, sched, pos, q_start, block_q, block_kv)
       # Stream entries are counted over the CTA's items: shift this item's by `base`.
       shifted_skip = lambda e, carry: skip(base + e, carry)
@@ -183,11 +201,14 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         acc, m, l = _overlapped(
             sched, mine, base, carry, shifted_skip, softmax=softmax, q_tile=q_tile,
             ring=ring, k_smem=k_smem, v_smem=v_smem, k_full=k_full, v_full=v_full,
-            k_free=k_free, v_free=v_free, turn=turn, sync_turn=sync_turn, shape=shape)
+            k_free=k_free, v_free=v_free, your_turn=your_turn, my_turn=my_turn, shape=shape)
       else:
         shifted_step = lambda e, j, carry, masked: step(base + e, j, carry, masked=masked)
         acc, m, l = sched.consume(mine, shifted_step, shifted_skip, carry)
-      pl.when(wg == 0)(sync_turn)
+      pl.when(wg == 0)(your_turn)  # consumer 1's last PV may go
+      # An item without tiles: consumer 0 took no turn, so it waits for consumer 1 here.
+      pl.when((wg == 1) & (sched.count == 0))(your_turn)
+      pl.when((wg == 0) & (sched.count == 0))(my_turn)
       return acc, m, l, q_pos
 
     def one_item(k, base):
@@ -202,7 +223,7 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       else:  # prefetch the next item's queries while this one runs
         pl.when(k + 1 < local_items)(lambda: load_q(k + 1))
       plgpu.barrier_wait(q_full.at[buf * CONSUMERS + wg])
-      acc, m, l, q_pos = attend(q_tile, q_start, pos, sched, base, b)
+      acc, m, l, q_pos = attend(q_tile, q_start, pos, sched, base, b, lax.rem(k, 2))
       # A row that saw no key, or a padding row (q_lengths): out = 0, lse = -inf.
       empty = l == 0.0
       if spec.q_lengths:
@@ -230,10 +251,10 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         slot = ring.slot(base + e)
         rows = pl.ds(sched.tile(e) * block_kv, block_kv)
         later = base + e >= stages  # the slot held an earlier entry: wait until it is free
-        pl.when(later)(lambda: plgpu.barrier_wait(k_free.at[slot]))
+        pl.when(later)(lambda: k_free.wait(slot))
         k_tile = k_ref.at[b, kv_head, :, rows] if interpretable else k_ref.at[b, rows, kv_head]
         plgpu.copy_gmem_to_smem(k_tile, k_smem.at[slot], k_full.at[slot])
-        pl.when(later)(lambda: plgpu.barrier_wait(v_free.at[slot]))
+        pl.when(later)(lambda: v_free.wait(slot))
         plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_head], v_smem.at[slot], v_full.at[slot])
 
       count = sched.count
@@ -243,22 +264,23 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
     total = lax.fori_loop(0, local_items, one_item, jnp.int32(0))
 
     def drain(e, _):  # observe the last frees too: every barrier phase is waited on
-      plgpu.barrier_wait(k_free.at[ring.slot(e)])
-      plgpu.barrier_wait(v_free.at[ring.slot(e)])
+      k_free.wait(ring.slot(e))
+      v_free.wait(ring.slot(e))
 
     common.fori(ring.drain_start(total), total, drain, None)
 
 
 def _overlapped(sched, mine, base, carry, skip, *, softmax, q_tile, ring, k_smem, v_smem,
-                k_full, v_full, k_free, v_free, turn, sync_turn, shape):
+                k_full, v_full, k_free, v_free, your_turn, my_turn, shape):
   """A consumer's own tiles with softmax overlapping matrix multiplies in the warpgroup.
 
   FlashAttention-3's intra-warpgroup pipelining (Shah et al. 2024, Algorithm 2): step e
   issues Sₑ = Q Kₑᵀ and then O += Pₑ₋₁ Vₑ₋₁, waits only for Sₑ (`wait_n=1`), computes
   Pₑ while the PV product runs, then rescales O. The first own tile (always masked) only
-  computes P₀, the last PV runs after the loop. The barrier sequence per tile is the
-  plain step's (two turn arrivals, K and V released once), so the ping-pong between the
-  consumers and the skip accounting are unchanged. Native form only, and only for own
+  computes P₀, the last PV runs after the loop. The signals per tile are the plain
+  step's (the turn passed and taken once, K and V released once), so the ping-pong
+  between the consumers and the skip accounting are unchanged; the turn guards each
+  issue that contains a PV. Native form only, and only for own
   ranges known at trace time (:func:`_static_own_range`): a `lax.cond` around it for
   runtime ranges ran causal attention 26-44% slower on an H200 (BUILD_NOTES).
   """
@@ -272,14 +294,13 @@ def _overlapped(sched, mine, base, carry, skip, *, softmax, q_tile, ring, k_smem
 
     def qk(s_ref):
       plgpu.wgmma(s_ref, q_tile, k_smem.at[slot].T)
-      sync_turn()
+      your_turn()
       return s_ref[...]
 
     s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32))
-    plgpu.barrier_arrive(k_free.at[slot])
+    k_free.arrive(slot)
     p, m, l, _ = softmax(s, m, l, j, True)
-    plgpu.barrier_arrive(turn)
-    plgpu.barrier_wait(turn)
+    my_turn()
     return o, m, l, p
 
   def step(e, j, state, masked):
@@ -294,19 +315,18 @@ def _overlapped(sched, mine, base, carry, skip, *, softmax, q_tile, ring, k_smem
       def with_s(s_ref):
         plgpu.wgmma(s_ref, q_tile, k_smem.at[slot].T)
         plgpu.wgmma(o_ref, p_prev, v_smem.at[prev])
-        sync_turn()  # my matrix multiplies are issued: the other consumer's may go
+        your_turn()
         s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # Sₑ; the PV still runs
-        plgpu.barrier_arrive(k_free.at[slot])
+        k_free.arrive(slot)
         p, m_new, l_new, alpha = softmax(s, m_ref[...], l_ref[...], j, masked)
         m_ref[...], l_ref[...], p_ref[...], alpha_ref[...] = m_new, l_new, p, alpha
-        plgpu.barrier_arrive(turn)  # softmax done
 
       pl.run_scoped(with_s, plgpu.ACC(shape, jnp.float32))
 
     o, m, l, p, alpha = pl.run_state(gemms)((plgpu.ACC.init(o), m, l, p_prev, m))
-    plgpu.barrier_arrive(v_free.at[prev])
+    v_free.arrive(prev)
     o = o * lax.broadcast_in_dim(alpha, o.shape, [0])
-    plgpu.barrier_wait(turn)  # the other consumer's softmax is done
+    my_turn()  # the next issue holds a PV
     return o, m, l, p
 
   def last(e, state):
@@ -314,7 +334,7 @@ def _overlapped(sched, mine, base, carry, skip, *, softmax, q_tile, ring, k_smem
     slot = ring.slot(e)
     plgpu.barrier_wait(v_full.at[slot])
     o = pl.run_state(lambda o_ref: plgpu.wgmma(o_ref, p, v_smem.at[slot]))(plgpu.ACC.init(o))
-    plgpu.barrier_arrive(v_free.at[slot])
+    v_free.arrive(slot)
     return o, m, l
 
   carry = common.fori(0, own_lo, skip, carry)
@@ -379,7 +399,7 @@ def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: Mas
       plgpu.Barrier(num_barriers=stages),
       plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=stages),
       plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=stages),
-      plgpu.Barrier(num_arrivals=CONSUMERS),
+      plgpu.Barrier(num_barriers=2 * CONSUMERS),
   ]
   kernel = functools.partial(
       _forward_kernel, names=names, scale=scale, spec=spec, score_mod=score_mod, block_q=block_q,
