@@ -306,6 +306,16 @@ def test_causal_work_order(rows, heads, batch, group):
     assert np.all(np.diff(row[section == s]) <= 0)
 
 
+def test_named_barrier_ids():
+  """The kernels' named barriers are consecutive blocks of ids 4-15 (Mosaic GPU uses 0-3);
+  asking for more than the 12 free ones raises, naming the counts."""
+  from jflash.kernels.mosaic_gpu.common import named_barrier_ids
+  assert named_barrier_ids(4, 2, 2) == [4, 8, 10]
+  assert named_barrier_ids(4, 4, 4) == [4, 8, 12]
+  with pytest.raises(ValueError, match=r"13 named barriers asked for \(4, 5, 4\)"):
+    named_barrier_ids(4, 5, 4)
+
+
 def test_unsupported_variant_names_triton():
   q, k, v, _ = random_inputs(0, 1, 64, 64, 2, 1, 64, BF16)
   bias = jnp.zeros((1, 2, 64, 64), jnp.float32)

@@ -188,7 +188,7 @@ def named_barrier_ids(*counts: int) -> list[int]:
     firsts.append(nxt)
     nxt += n
   if nxt > NAMED_BARRIER_IDS.stop:
-    raise ValueError(f"{sum(counts)} named barriers asked for ({counts}); "
+    raise ValueError(f"{sum(counts)} named barriers asked for {counts}; "
                      f"{len(NAMED_BARRIER_IDS)} are free")
   return firsts
 
@@ -219,6 +219,10 @@ class Signal:
   thread an atomic arrive or a polling wait. With ``first_id=None`` (the interpretable
   form, which Mosaic GPU's interpret mode race-checks) they are the mbarriers
   `barrier` (``num_arrivals=arrivers``), in the same order.
+
+  A named barrier counts arrivals, not phases: an arriver must not arrive on a slot
+  again before the waiters have waited for its previous arrival there (the kernels'
+  protocols guarantee it; see the forward's turn signals).
   """
 
   barrier: Any  # plgpu.Barrier ref, [slots]
@@ -249,8 +253,9 @@ class Stream:
 
   Each tile brings one buffer per operand into slot ``ring.slot(t)`` of `bufs`; operand
   n's TMA completes barrier ``full[n][slot]``, and the consumers release the slot once
-  its last read is done (signal `free`, consumers to producer). Consumers must observe every
-  tile, in order: a tile they do not compute is waited on and released (:meth:`skip`).
+  its last read is done (signal `free`, consumers to producer). Consumers must observe
+  every tile, in order: a tile they do not compute is waited on and released
+  (:meth:`skip`).
   """
 
   bufs: tuple[Any, ...]
