@@ -78,9 +78,8 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   wg = lax.axis_index("wg")
   rows_per_cta = block_kv if split else CONSUMERS * block_kv
   local_items, item_index = common.work_items(rows * heads * batch)  # persistent
-  free = common.Signal(free, None if interpretable else common.named_barrier_ids(stages)[0],
-                       arrivers=CONSUMERS)
-  stream = common.Stream(bufs, full, free, common.Ring(stages))
+  stream = common.Stream.create(bufs, full, free, stages=stages, consumers=CONSUMERS,
+                               interpretable=interpretable)
 
   def item(k):
     """(kv head, b, first key row, positions, schedule) of the CTA's k-th work item.

@@ -34,9 +34,8 @@ def dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   q_smem, do_smem, lse_smem, delta_smem = own
   wg = lax.axis_index("wg")
   local_items, item_index = common.work_items(rows * heads * batch)  # persistent
-  free = common.Signal(free, None if interpretable else common.named_barrier_ids(stages)[0],
-                       arrivers=consumers)
-  stream = common.Stream(bufs, full, free, common.Ring(stages))
+  stream = common.Stream.create(bufs, full, free, stages=stages, consumers=consumers,
+                               interpretable=interpretable)
 
   def item(k):
     """(head, b, first query row, positions, schedule) of the CTA's k-th work item."""

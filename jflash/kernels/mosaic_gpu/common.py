@@ -263,6 +263,13 @@ class Stream:
   free: Signal
   ring: Ring
 
+  @classmethod
+  def create(cls, bufs, full, free, *, stages: int, consumers: int, interpretable: bool):
+    """The Stream over the scratch of :func:`stream_scratch` (`free`: its mbarriers,
+    named barriers natively)."""
+    first_id = None if interpretable else named_barrier_ids(stages)[0]
+    return cls(bufs, full, Signal(free, first_id, arrivers=consumers), Ring(stages))
+
   def produce(self, count: Index, sources, base: Index = 0) -> Index:
     """Producer: loads tiles 0..count-1 as stream entries base, base + 1, ...;
     ``sources(t)`` gives tile t's GMEM refs (per operand). Returns base + count."""
