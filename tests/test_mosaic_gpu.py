@@ -6,7 +6,7 @@ fast, yet cover both consumers' different tile ranges, ragged T and S, GQA, padd
 head dims, windows, offsets and lengths (static and per batch element), packing with
 segment ids, soft-cap, and persistent CTAs that run several work items (3 CTAs in
 interpret mode). On a Hopper GPU the same cases, and larger ones, run natively in both
-forms, and with the intra-warpgroup overlap that only the native form has.
+forms, and with and without the intra-warpgroup overlap that only the native form has.
 """
 
 from __future__ import annotations
@@ -152,21 +152,20 @@ def test_against_oracle_native(name):
 @pytest.mark.gpu
 @needs_hopper
 @pytest.mark.parametrize("name", [*CASES, *GPU_CASES])
-def test_overlapped_softmax_native(name):
-  """The forward with FlashAttention-3's intra-warpgroup overlap (native form only).
+def test_other_forward_loop_native(name):
+  """The forward with the loop that its default config does not pick (native form only).
 
-  It runs where a consumer's tiles are known at trace time (the non-causal cases
-  without window or runtime lengths: full-gqa-ragged, with its masked ragged last tile,
-  full-h128-gqa, full-h192); the other cases check that asking for it elsewhere keeps
-  the plain loop's results.
+  The default overlaps softmax with the matrix multiplies (FlashAttention-3's
+  intra-warpgroup pipelining) at head dims > 64 unless causal with T <= 4k; this runs
+  each case with the other choice, so both loops meet every variant (positional ranges known at
+  trace time or at run time, masked runs before and after the unmasked one, tile lists).
   """
   import dataclasses
   from jflash.kernels.mosaic_gpu.config import default_config, kernel_head_dim
   case = {**CASES, **GPU_CASES}[name]
   _, t, _, _, _, h, _, kwargs = case
-  config = dataclasses.replace(
-      default_config(kernel_head_dim(h), kwargs.get("is_causal", False), t), overlap=True)
-  _check(case, config=config)
+  config = default_config(kernel_head_dim(h), kwargs.get("is_causal", False), t)
+  _check(case, config=dataclasses.replace(config, overlap=not config.overlap))
 
 
 @pytest.mark.gpu

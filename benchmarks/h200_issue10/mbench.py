@@ -25,13 +25,14 @@ for h, t, c in grid:
       att = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
     else:
       cfg = None
-      if impl.endswith((":np", ":ov", ":fu")):  # default tiles; :np one CTA per work item, :ov overlap
+      if impl.endswith((":np", ":ov", ":pl", ":fu")):  # default tiles; :np one CTA per work item, :ov overlap, :pl no overlap
         import dataclasses
         from jflash.kernels.mosaic_gpu.config import default_config, kernel_head_dim
         impl, variant = impl[:-3], impl[-2:]
         cfg = default_config(kernel_head_dim(h), causal, t)
         cfg = (dataclasses.replace(cfg, persistent=False, bwd_persistent=False) if variant == "np"
                else dataclasses.replace(cfg, bwd_fused=True) if variant == "fu"
+               else dataclasses.replace(cfg, overlap=False) if variant == "pl"
                else dataclasses.replace(cfg, overlap=True))
         if variant == "fu":
           det = False

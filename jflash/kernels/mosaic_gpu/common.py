@@ -35,8 +35,11 @@ class Ring:
 
 
 def _clamp(x, lo, hi):
+  """min(max(x, lo), hi) for lo <= hi (static where the bounds decide it)."""
   if all(isinstance(a, int) for a in (x, lo, hi)):
     return min(max(x, lo), hi)
+  if isinstance(x, int) and isinstance(lo, int) and x <= lo:
+    return lo  # e.g. a causal range's first tile: an empty run stays a static one
   return jnp.minimum(jnp.maximum(x, lo), hi)
 
 

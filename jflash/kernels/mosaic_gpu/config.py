@@ -34,9 +34,9 @@ class MosaicGpuConfig:
       per item).
     bwd_persistent: the same for the dQ and dK/dV kernels.
     overlap: the forward overlaps each consumer's softmax with its own next matrix
-      multiplies (FlashAttention-3's intra-warpgroup pipelining), where the tiles a
-      consumer visits are known at trace time (no causal mask, window or runtime
-      lengths); native form only.
+      multiplies (FlashAttention-3's intra-warpgroup pipelining) over the run of
+      unmasked key tiles of each work item; the masked tiles at either end of it take
+      the plain step. Native form only (the interpretable form ignores it).
     bwd_fused: one fused backward kernel instead of the dQ and dK/dV kernels: dQ is
       summed by unordered fp32 TMA reduce-adds (FlashAttention-3), so it needs
       ``jflash.attention(..., deterministic=False)``; head dims <= 128 only. Off by
@@ -135,8 +135,10 @@ def default_config(head_dim: int, is_causal: bool, q_len: int | None = None) -> 
   # At H=64, key tiles of 256 ran the non-causal forward 3% faster (459 vs 444 at T=2k)
   # and the causal one 19% slower (383 vs 474 at T=16k).
   bwd_persistent = q_len is not None and q_len <= 1024 and head_dim <= 128
-  # The intra-warpgroup overlap ran 5% faster at H=256, T=2k non-causal (678 vs 644) and
-  # 2-3% slower at H=128 (T=2k and 16k); H=192 not measured.
+  # The intra-warpgroup overlap (H200, issue 10 session 6): non-causal 1.00-1.09x the plain
+  # loop at H = 128 and 256 (T = 2k, 16k); causal 0.98-0.99x at T = 2k, 1.00x at 4k,
+  # 1.01-1.02x at 8k and 16k (H = 128, 256). At H = 64 it lost 2-45% (key tiles of 256).
+  overlap = not is_causal or (q_len is not None and q_len > 4096)
   if head_dim <= 64:
     forward = dict(block_q=64, block_kv=128 if is_causal else 256, num_stages=2)
     # Causal, T <= 4k: 64-query tiles, whose S and dP overlap in the backward
@@ -146,8 +148,9 @@ def default_config(head_dim: int, is_causal: bool, q_len: int | None = None) -> 
       return MosaicGpuConfig(**forward, bwd_block_q=64, bwd_num_stages=3)
     return MosaicGpuConfig(**forward, bwd_block_q=128, bwd_persistent=bwd_persistent)
   if head_dim <= 128:
-    return MosaicGpuConfig(block_q=64, block_kv=128, num_stages=2, bwd_persistent=bwd_persistent)
-  return MosaicGpuConfig(block_q=64, block_kv=64, num_stages=2, overlap=not is_causal)
+    return MosaicGpuConfig(block_q=64, block_kv=128, num_stages=2, overlap=overlap,
+                           bwd_persistent=bwd_persistent)
+  return MosaicGpuConfig(block_q=64, block_kv=64, num_stages=2, overlap=overlap)
 
 
 def check_fits(config: MosaicGpuConfig, head_dim: int, dtype,

@@ -40,7 +40,6 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from jflash import masks
 from jflash.backends import Operands
 from jflash.kernels.mosaic_gpu import common, variants
 from jflash.kernels.mosaic_gpu.config import MosaicGpuConfig, forward_q_buffers
@@ -196,15 +195,18 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       pl.when(wg == 1)(my_turn)  # consumer 1 starts half a step behind
       mine = variants.own_tiles(spec, sched, pos, q_start, block_q, block_kv)
       # Stream entries are counted over the CTA's items: shift this item's by `base`.
+      shifted_step = lambda e, j, carry, masked: step(base + e, j, carry, masked=masked)
       shifted_skip = lambda e, carry: skip(base + e, carry)
-      if overlap and not interpretable and _static_own_range(sched, mine):
-        acc, m, l = _overlapped(
-            sched, mine, base, carry, shifted_skip, softmax=softmax, q_tile=q_tile,
-            ring=ring, k_smem=k_smem, v_smem=v_smem, k_full=k_full, v_full=v_full,
-            k_free=k_free, v_free=v_free, your_turn=your_turn, my_turn=my_turn, shape=shape)
-      else:
-        shifted_step = lambda e, j, carry, masked: step(base + e, j, carry, masked=masked)
-        acc, m, l = sched.consume(mine, shifted_step, shifted_skip, carry)
+      full = None
+      if overlap and not interpretable:
+        # Fresh: the unmasked run comes first (tile lists; causal and plain ranges).
+        fresh = sched.listed or (isinstance(mine.lo, int) and isinstance(mine.full_lo, int)
+                                 and mine.lo == mine.full_lo)
+        full = functools.partial(
+            _overlapped, fresh=fresh, sched=sched, base=base, softmax=softmax, q_tile=q_tile, ring=ring,
+            k_smem=k_smem, v_smem=v_smem, k_full=k_full, v_full=v_full, k_free=k_free,
+            v_free=v_free, your_turn=your_turn, my_turn=my_turn, shape=shape)
+      acc, m, l = sched.consume(mine, shifted_step, shifted_skip, carry, full=full)
       pl.when(wg == 0)(your_turn)  # consumer 1's last PV may go
       # An item without tiles: consumer 0 took no turn, so it waits for consumer 1 here.
       pl.when((wg == 1) & (sched.count == 0))(your_turn)
@@ -270,26 +272,30 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
     common.fori(ring.drain_start(total), total, drain, None)
 
 
-def _overlapped(sched, mine, base, carry, skip, *, softmax, q_tile, ring, k_smem, v_smem,
+def _overlapped(c_lo, c_hi, carry, *, fresh, sched, base, softmax, q_tile, ring, k_smem, v_smem,
                 k_full, v_full, k_free, v_free, your_turn, my_turn, shape):
-  """A consumer's own tiles with softmax overlapping matrix multiplies in the warpgroup.
+  """A consumer's unmasked stream entries [c_lo, c_hi) with its softmax overlapping its
+  own matrix multiplies.
 
   FlashAttention-3's intra-warpgroup pipelining (Shah et al. 2024, Algorithm 2): step e
   issues Sₑ = Q Kₑᵀ and then O += Pₑ₋₁ Vₑ₋₁, waits only for Sₑ (`wait_n=1`), computes
-  Pₑ while the PV product runs, then rescales O. The first own tile (always masked) only
-  computes P₀, the last PV runs after the loop. The signals per tile are the plain
-  step's (the turn passed and taken once, K and V released once), so the ping-pong
-  between the consumers and the skip accounting are unchanged; the turn guards each
-  issue that contains a PV. Native form only, and only for own
-  ranges known at trace time (:func:`_static_own_range`): a `lax.cond` around it for
-  runtime ranges ran causal attention 26-44% slower on an H200 (BUILD_NOTES).
-  """
-  lo = sched.cta.lo
-  own_lo, own_hi = mine.lo - lo, mine.hi - lo  # own stream entries [own_lo, own_hi)
+  Pₑ while the PV product runs, then rescales O. The first entry only computes P, the
+  last PV runs after the loop. The signals per tile are the plain step's (the turn
+  passed and taken once, K and V released once), so the ping-pong between the
+  consumers and the skip accounting are unchanged; the turn guards each issue that
+  contains a PV. `fresh`: no tile comes before the run (O is still 0).
 
-  def first(e, j, carry):
+  Only the unmasked run is pipelined, and the pipeline starts and drains inside it:
+  the masked tiles around it take the plain step. Carrying P from one loop into
+  another (e.g. full tiles, then masked ones) made ptxas serialise every wgmma of the
+  kernel (C7513, "non wgmma instructions defining input registers of a wgmma") and ran
+  causal attention at 0.5-0.6x the plain loop on an H200 (BUILD_NOTES, issue 10
+  session 6). An empty run at run time is skipped by a `lax.cond`.
+  """
+
+  def first(c, carry):
     o, m, l = carry
-    slot = ring.slot(e)
+    slot = ring.slot(base + c)
     plgpu.barrier_wait(k_full.at[slot])
 
     def qk(s_ref):
@@ -299,13 +305,15 @@ def _overlapped(sched, mine, base, carry, skip, *, softmax, q_tile, ring, k_smem
 
     s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32))
     k_free.arrive(slot)
-    p, m, l, _ = softmax(s, m, l, j, True)
+    p, m, l, alpha = softmax(s, m, l, sched.tile(c), False)
+    if not fresh:  # masked tiles may have come before
+      o = o * lax.broadcast_in_dim(alpha, o.shape, [0])
     my_turn()
     return o, m, l, p
 
-  def step(e, j, state, masked):
+  def step(c, state):
     o, m, l, p_prev = state
-    slot, prev = ring.slot(e), ring.slot(e - 1)
+    slot, prev = ring.slot(base + c), ring.slot(base + c - 1)
     plgpu.barrier_wait(k_full.at[slot])
     plgpu.barrier_wait(v_full.at[prev])
 
@@ -318,7 +326,7 @@ def _overlapped(sched, mine, base, carry, skip, *, softmax, q_tile, ring, k_smem
         your_turn()
         s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # Sₑ; the PV still runs
         k_free.arrive(slot)
-        p, m_new, l_new, alpha = softmax(s, m_ref[...], l_ref[...], j, masked)
+        p, m_new, l_new, alpha = softmax(s, m_ref[...], l_ref[...], sched.tile(c), False)
         m_ref[...], l_ref[...], p_ref[...], alpha_ref[...] = m_new, l_new, p, alpha
 
       pl.run_scoped(with_s, plgpu.ACC(shape, jnp.float32))
@@ -329,27 +337,21 @@ def _overlapped(sched, mine, base, carry, skip, *, softmax, q_tile, ring, k_smem
     my_turn()  # the next issue holds a PV
     return o, m, l, p
 
-  def last(e, state):
+  def last(c, state):
     o, m, l, p = state
-    slot = ring.slot(e)
+    slot = ring.slot(base + c)
     plgpu.barrier_wait(v_full.at[slot])
     o = pl.run_state(lambda o_ref: plgpu.wgmma(o_ref, p, v_smem.at[slot]))(plgpu.ACC.init(o))
     v_free.arrive(slot)
     return o, m, l
 
-  carry = common.fori(0, own_lo, skip, carry)
-  if own_hi > own_lo:
-    state = first(base + own_lo, mine.lo, carry)
-    rest = masks.ordered(mine.lo + 1, mine.full_lo, mine.full_hi, mine.hi)
-    state = masks.fold_tiles(rest, lambda j, st, masked: step(base + j - lo, j, st, masked),
-                             state)
-    carry = last(base + own_hi - 1, state)
-  return common.fori(own_hi, sched.count, skip, carry)
+  def run(carry):
+    state = common.fori(c_lo + 1, c_hi, step, first(c_lo, carry))
+    return last(c_hi - 1, state)
 
-
-def _static_own_range(sched, mine) -> bool:
-  """Whether a consumer's own tiles are a positional range known at trace time."""
-  return not sched.listed and all(isinstance(x, int) for x in (*mine, *sched.cta))
+  if isinstance(c_lo, int) and isinstance(c_hi, int):
+    return run(carry) if c_hi > c_lo else carry
+  return lax.cond(c_hi > c_lo, run, lambda carry: carry, carry)
 
 
 def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: MaskSpec,

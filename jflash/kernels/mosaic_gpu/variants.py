@@ -118,22 +118,32 @@ class Schedule:
     return self.cta.lo + c
 
   def consume(self, mine: TileRange | None, step: Callable[..., Any],
-              skip: Callable[[Index, Any], Any], carry: Any, base: Index = 0) -> Any:
+              skip: Callable[[Index, Any], Any], carry: Any, base: Index = 0,
+              full: Callable[[Index, Index, Any], Any] | None = None) -> Any:
     """Consumer: ``carry = step(base + c, tile, carry, masked=...)`` on the entries it
-    computes and ``carry = skip(base + c, carry)`` on the others, in stream order."""
+    computes and ``carry = skip(base + c, carry)`` on the others, in stream order.
+
+    `full`, if given, computes the unmasked entries instead: ``carry = full(c_lo, c_hi,
+    carry)`` for the entries [c_lo, c_hi) (one contiguous run per consumer; it may be
+    empty at run time). The forward's overlapped pipeline uses it.
+    """
     if self.listed:
-      full = self.ex.full[self.b, self.row]
-
-      def run(masked):
-        return lambda c, carry: step(base + c, self.tile(c), carry, masked=masked)
-
-      carry = common.fori(0, full, run(False), carry)
-      return common.fori(full, self.count, run(True), carry)
+      run = lambda masked: lambda c, carry: step(base + c, self.tile(c), carry, masked=masked)
+      n_full = self.ex.full[self.b, self.row]
+      carry = (full(0, n_full, carry) if full is not None
+               else common.fori(0, n_full, run(False), carry))
+      return common.fori(n_full, self.count, run(True), carry)
     lo = self.cta.lo
     shifted = lambda c, carry: skip(base + c, carry)
     carry = common.fori(0, mine.lo - lo, shifted, carry)
-    carry = masks.fold_tiles(mine, lambda j, carry, masked: step(
-        base + j - lo, j, carry, masked=masked), carry)
+    if full is None:
+      carry = masks.fold_tiles(mine, lambda j, carry, masked: step(
+          base + j - lo, j, carry, masked=masked), carry)
+    else:
+      masked = lambda j, carry: step(base + j - lo, j, carry, masked=True)
+      carry = common.fori(mine.lo, mine.full_lo, masked, carry)
+      carry = full(mine.full_lo - lo, mine.full_hi - lo, carry)
+      carry = common.fori(mine.full_hi, mine.hi, masked, carry)
     return common.fori(mine.hi - lo, self.cta.hi - lo, shifted, carry)
 
 
