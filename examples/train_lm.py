@@ -2,9 +2,11 @@
 
 A decoder-only transformer (GPT-2 style: pre-norm, GELU or SwiGLU MLP, learned or rotary
 positions, tied embeddings) over bytes (vocab 256, nothing to download), trained with
-optax AdamW (linear warm-up + cosine decay), bf16 compute on fp32 master weights, and
-gradient accumulation. The default corpus is the Python standard library's own source
-files; ``--data PATH`` takes any text file or directory.
+optax AdamW (linear warm-up + cosine decay; weight decay on the weight matrices only),
+bf16 compute on fp32 master weights (embeddings gathered in fp32), gradient accumulation
+in a ``lax.scan``, and data parallelism over every visible device (``--devices N``: the
+first N) with JAX's sharding. The default corpus is the Python standard library's own
+source files; ``--data PATH`` takes any text file or directory.
 
 ``--attention {jflash,xla,cudnn}`` swaps only the attention (jflash's kernels, or
 ``jax.nn.dot_product_attention`` with that implementation); everything else is identical.
@@ -27,7 +29,6 @@ import functools
 import json
 import math
 import pathlib
-import statistics
 import sys
 import sysconfig
 import time
@@ -82,6 +83,7 @@ class Args:
   prompt: str
   gen_bytes: int
   bench: int
+  devices: int | None
 
 
 def parse_args(argv=None) -> Args:
@@ -115,6 +117,8 @@ def parse_args(argv=None) -> Args:
   parser.add_argument("--gen-bytes", type=int, default=300)
   parser.add_argument("--bench", type=int, default=0,
                       help="only time this many steps after 3 warm-up steps, print JSON, exit")
+  parser.add_argument("--devices", type=int,
+                      help="data-parallel over the first N devices (default: every visible one)")
   ns = vars(parser.parse_args(argv))
   preset = PRESETS[ns["preset"]]
   for name, value in preset.items():
@@ -128,6 +132,8 @@ def parse_args(argv=None) -> Args:
     parser.error(f"--d-model={args.d_model} must be divisible by --heads={args.heads}")
   if args.resume and not args.ckpt_dir:
     parser.error("--resume needs --ckpt-dir")
+  if args.devices is not None and args.devices < 1:
+    parser.error(f"--devices={args.devices} must be >= 1")
   return args
 
 
@@ -221,7 +227,10 @@ class GPT(nnx.Module):
   """Byte-level decoder-only transformer; logits [B, T, 256] in float32."""
 
   def __init__(self, args: Args, rngs: nnx.Rngs):
-    embed = functools.partial(nnx.Embed, features=args.d_model, dtype=jnp.bfloat16,
+    # The tables are gathered in float32 and cast after: with dtype=bfloat16, nnx.Embed
+    # casts the table first, so the gradient is a bf16 scatter-add that loses most of a
+    # frequent byte's gradient row (issue 11).
+    embed = functools.partial(nnx.Embed, features=args.d_model, dtype=jnp.float32,
                               param_dtype=jnp.float32, rngs=rngs)
     self.embed = embed(256)
     self.max_positions = args.max_positions or args.seq_len
@@ -235,12 +244,19 @@ class GPT(nnx.Module):
     if self.pos is not None and t > self.max_positions:
       raise ValueError(f"sequence length {t} exceeds the model's {self.max_positions} learned "
                        "positions; use --max-positions or --positions rope")
-    x = self.embed(tokens)
-    if self.pos is not None:
-      x = x + self.pos(jnp.arange(t))
+    x = self.embed_tokens(tokens)
     for block in self.blocks:
       x = block(x)
-    return self.embed.attend(self.ln_f(x)).astype(jnp.float32)
+    table = self.embed.embedding[...].astype(jnp.bfloat16)  # tied output projection
+    return jnp.einsum("...d,vd->...v", self.ln_f(x), table).astype(jnp.float32)
+
+  def embed_tokens(self, tokens):
+    """Token (+ learned position) embeddings of `tokens` [..., T], gathered in float32
+    (so their gradients are float32 scatter-adds), as bfloat16 [..., T, d_model]."""
+    x = self.embed(tokens)
+    if self.pos is not None:
+      x = x + self.pos(jnp.arange(tokens.shape[-1]))
+    return x.astype(jnp.bfloat16)
 
 
 def count_params(model: nnx.Module, non_embedding: bool = False) -> int:
@@ -254,32 +270,78 @@ def count_params(model: nnx.Module, non_embedding: bool = False) -> int:
 # ------------------------------------------------------------------------- training
 
 
+def decay_mask(params):
+  """True for the weight matrices (the `kernel` of every Linear and attention
+  projection), False for embeddings, LayerNorm scales and biases: GPT-2's weight decay."""
+  def is_kernel(path, _):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return bool(names) and names[-1] == "kernel"
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def make_tx(args: Args, schedule) -> optax.GradientTransformation:
+  """Global-norm clipping at 1, then AdamW (decay on the weight matrices only)."""
+  return optax.chain(
+      optax.clip_by_global_norm(1.0),
+      optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=args.weight_decay, mask=decay_mask))
+
+
 def loss_fn(model, tokens, targets):
   logits = model(tokens)
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
 def update(model, optimizer, tokens, targets):
-  """One optimizer step over `accum` micro-batches: tokens, targets [accum, B, T]."""
-  grad_fn = nnx.value_and_grad(loss_fn)
-  loss, grads = grad_fn(model, tokens[0], targets[0])
-  for i in range(1, tokens.shape[0]):  # gradient accumulation, averaged
-    loss_i, grads_i = grad_fn(model, tokens[i], targets[i])
-    loss, grads = loss + loss_i, jax.tree.map(jnp.add, grads, grads_i)
+  """One optimizer step over `accum` micro-batches: tokens, targets [accum, B, T].
+
+  The micro-batches run in a `lax.scan` (one traced body whatever `accum` is); their
+  gradients are averaged in float32 before the update.
+  """
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def micro(grad_sum, batch):
+    loss_of = lambda p: loss_fn(nnx.merge(graphdef, p, rest), *batch)
+    loss, grads = jax.value_and_grad(loss_of)(params)
+    return jax.tree.map(jnp.add, grad_sum, grads), loss
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  grads, losses = jax.lax.scan(micro, zeros, (tokens, targets))
   scale = 1.0 / tokens.shape[0]
   optimizer.update(model, jax.tree.map(lambda g: g * scale, grads))
-  return loss * scale
+  return losses.mean()
+
+
+def make_mesh(args: Args) -> jax.sharding.Mesh:
+  """A 1-D mesh ("data") over the first `args.devices` devices (default: all)."""
+  available = jax.devices()
+  n = args.devices or len(available)
+  if n > len(available):
+    raise ValueError(f"--devices {n}: only {len(available)} device(s) visible "
+                     f"({available[0].platform})")
+  if args.batch_size % n:
+    raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {n} "
+                     "data-parallel devices (--devices)")
+  return jax.make_mesh((n,), ("data",), devices=available[:n],
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 class Trainer:
   """The model and optimizer as one pytree of arrays, stepped by plain `jax.jit`.
 
+  Data parallel over `mesh`: the state is replicated, each batch is split over the
+  "data" axis, and XLA sums the gradients across devices (all-reduce over NCCL on GPUs).
+  jflash's attention runs per batch shard (its partitioning rule, `jflash.partitioning`).
   Splitting the NNX graph once (instead of `nnx.jit` walking it on every call) keeps
   Python overhead off the step, so the GPU runs steps back to back.
   """
 
-  def __init__(self, model, optimizer):
-    self.graphdef, self.state = nnx.split((model, optimizer))
+  def __init__(self, model, optimizer, mesh: jax.sharding.Mesh):
+    self.graphdef, state = nnx.split((model, optimizer))
+    P = jax.sharding.PartitionSpec
+    self.replicated = jax.sharding.NamedSharding(mesh, P())
+    self.state = jax.device_put(state, self.replicated)
+    self._micro_batches = jax.sharding.NamedSharding(mesh, P(None, "data"))  # [accum, B, T]
+    self._batch = jax.sharding.NamedSharding(mesh, P("data"))  # [B, T]
 
     @functools.partial(jax.jit, donate_argnums=0)
     def step(state, tokens, targets):
@@ -294,12 +356,15 @@ class Trainer:
     self._step, self._evaluate = step, evaluate
 
   def step(self, tokens, targets):
-    """Runs one step; returns the loss as a device scalar (does not wait for it)."""
-    self.state, loss = self._step(self.state, jnp.asarray(tokens), jnp.asarray(targets))
+    """Runs one step on [accum, B, T] tokens and targets; returns the loss as a device
+    scalar (does not wait for it)."""
+    put = lambda x: jax.device_put(x, self._micro_batches)
+    self.state, loss = self._step(self.state, put(tokens), put(targets))
     return loss
 
   def eval_loss(self, tokens, targets) -> float:
-    return float(self._evaluate(self.state, jnp.asarray(tokens), jnp.asarray(targets)))
+    put = lambda x: jax.device_put(x, self._batch)
+    return float(self._evaluate(self.state, put(tokens), put(targets)))
 
   def model(self):
     return nnx.merge(self.graphdef, self.state)[0]
@@ -347,18 +412,13 @@ def main(argv=None) -> int:
   train_data, val_data = split(data, args.seq_len)
   if args.positions == "learned" and args.seq_len > (args.max_positions or args.seq_len):
     raise ValueError(f"--seq-len {args.seq_len} exceeds --max-positions {args.max_positions}")
-  model = GPT(args, nnx.Rngs(args.seed))
+  mesh = make_mesh(args)
   schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, args.warmup,
                                                 max(args.steps, args.warmup + 1), args.lr / 10)
-  tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=args.weight_decay))
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  n_params = count_params(model, non_embedding=True)
-  tokens_per_step = args.accum * args.batch_size * args.seq_len
-  print(f"corpus: {len(data):,} bytes from {where}; train {len(train_data):,}, val "
-        f"{len(val_data):,}\nmodel: {args.layers} layers, d={args.d_model}, {args.heads} heads, "
-        f"{n_params / 1e6:.1f}M non-embedding params; attention={args.attention}; "
-        f"{tokens_per_step:,} tokens/step on {jax.devices()[0].device_kind}", flush=True)
+
+  def build():
+    model = GPT(args, nnx.Rngs(args.seed))
+    return model, nnx.Optimizer(model, make_tx(args, schedule), wrt=nnx.Param)
 
   manager, start = None, 0
   if args.ckpt_dir:
@@ -367,13 +427,28 @@ def main(argv=None) -> int:
                                     options=ocp.CheckpointManagerOptions(max_to_keep=2))
     if args.resume and manager.latest_step() is not None:
       start = manager.latest_step()
-      target = {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
-      restored = manager.restore(start, args=ocp.args.StandardRestore(target))
-      nnx.update(model, restored["model"])
-      nnx.update(optimizer, restored["optimizer"])
-      print(f"resumed from {args.ckpt_dir} at step {start}", flush=True)
+  if start:
+    # Restore into abstract state (orbax's NNX recipe): the model is never initialised.
+    graphdef, abstract = nnx.split(nnx.eval_shape(build))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+    restored = manager.restore(start, args=ocp.args.StandardRestore(
+        {"model": abstract[0], "optimizer": abstract[1]}))
+    abstract[0], abstract[1] = restored["model"], restored["optimizer"]
+    model, optimizer = nnx.merge(graphdef, abstract)
+    print(f"resumed from {args.ckpt_dir} at step {start}", flush=True)
+  else:
+    model, optimizer = build()
+  n_params = count_params(model, non_embedding=True)
+  tokens_per_step = args.accum * args.batch_size * args.seq_len
+  print(f"corpus: {len(data):,} bytes from {where}; train {len(train_data):,}, val "
+        f"{len(val_data):,}\nmodel: {args.layers} layers, d={args.d_model}, {args.heads} heads, "
+        f"{n_params / 1e6:.1f}M non-embedding params; attention={args.attention}; "
+        f"{tokens_per_step:,} tokens/step on {mesh.size} x {jax.devices()[0].device_kind} "
+        "(data parallel)", flush=True)
 
-  trainer = Trainer(model, optimizer)
+  trainer = Trainer(model, optimizer, mesh)
   train_iter = batches(train_data, args.seq_len, (args.accum, args.batch_size),
                        args.seed + start)
   if args.bench:
