@@ -1,8 +1,9 @@
 """Tokens/s of train_lm.py's model with each attention, in one process.
 
 For every (attention, T, batch) case this runs ``train_lm.py --preset gpt2-small
---bench N`` (3 warm-up steps, then the median wall-clock step over N steps; each step
-waits for its loss) and prints one JSON line per case; a case that runs out of memory
+--bench N`` (3 warm-up steps, then the median of N steps' times: wall clock between step
+completions with the next step already dispatched, ``train_lm.step_seconds``) and prints
+one JSON line per case; a case that runs out of memory
 prints its error. ``--longest`` instead doubles T at batch 1 from 16k until the step
 fails, per attention, to find the longest trainable sequence.
 

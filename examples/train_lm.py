@@ -518,21 +518,41 @@ def evaluate(args: Args, trainer: Trainer, val_data: np.ndarray) -> float:
   return float(np.mean([trainer.eval_loss(*next(it)) for _ in range(args.eval_batches)]))
 
 
+def step_seconds(run, n: int) -> np.ndarray:
+  """Seconds between the completions of `n` + 1 consecutive steps, `run(i)` dispatching
+  step i and returning its loss (a device scalar). Each step is dispatched before the
+  previous one is waited for, so the host's dispatch overlaps the GPU's work as in
+  training; an interval is one step's time, whichever side (GPU or host) bounds it."""
+  stamps, pending = [], run(0)
+  for i in range(1, n + 2):
+    following = run(i)
+    float(pending)
+    stamps.append(time.perf_counter())
+    pending = following
+  float(pending)
+  return np.diff(stamps)
+
+
 def bench(args: Args, trainer: Trainer, train_iter, n_params: int) -> int:
-  """Wall clock over `args.bench` steps after 3 warm-up steps; prints one JSON line."""
+  """Median step time over `args.bench` steps after 3 warm-up steps (`step_seconds`);
+  prints one JSON line."""
   tokens_per_step = args.accum * args.batch_size * args.seq_len
   result = dict(attention=args.attention, seq_len=args.seq_len, batch_size=args.batch_size,
-                accum=args.accum, device=jax.devices()[0].device_kind)
+                accum=args.accum, devices=trainer.replicated.mesh.size,
+                device=jax.devices()[0].device_kind)
   try:
-    data = [next(train_iter) for _ in range(3 + args.bench)]
+    data = [next(train_iter) for _ in range(3 + args.bench + 2)]
     for tokens, targets in data[:3]:
       float(trainer.step(tokens, targets))
-    t0 = time.perf_counter()
-    losses = [trainer.step(tokens, targets) for tokens, targets in data[3:]]
-    loss = float(losses[-1])  # waits for all of them
-    tok_s = args.bench * tokens_per_step / (time.perf_counter() - t0)
+    losses = []
+    def run(i):
+      losses.append(trainer.step(*data[3 + i]))
+      return losses[-1]
+    step_s = float(np.median(step_seconds(run, args.bench)))
+    tok_s = tokens_per_step / step_s
     peak = peak_flops()
-    result.update(tokens_per_s=tok_s, loss=loss, peak_memory_bytes=peak_memory_bytes(),
+    result.update(step_ms=1e3 * step_s, tokens_per_s=tok_s, loss=float(losses[-1]),
+                  peak_memory_bytes=peak_memory_bytes(),
                   mfu=tok_s * flops_per_token(args, n_params) / peak if peak else None)
   except Exception as e:  # out of memory is a result here
     result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"

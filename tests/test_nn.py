@@ -65,6 +65,35 @@ def test_nnx_loads_multi_head_attention_checkpoint(kwargs, is_causal, dtype):
   assert_within_criterion("out", max_err(got, expected), max_err(reference, expected))
 
 
+@pytest.mark.parametrize("kwargs", NNX_CASES + [dict(num_heads=4, in_features=32, use_bias=False)])
+def test_nnx_self_attention_projects_qkv_in_one_product(kwargs):
+  """Self-attention computes q, k, v with one matrix multiply over the concatenated
+  kernels (and biases): the same outputs and parameter gradients as three separate
+  projections (nnx.MultiHeadAttention's own layer with the same parameters, attending
+  through the same attention_fn)."""
+  ours = jflash.nn.FlashSelfAttention(**kwargs, attention_fn=_oracle_attention_fn,
+                                      rngs=nnx.Rngs(1))
+  mha = nnx.MultiHeadAttention(**kwargs, attention_fn=_oracle_attention_fn, decode=False,
+                               rngs=nnx.Rngs(0))
+  nnx.update(ours, nnx.state(mha, nnx.Param))
+  assert ours._fusable_qkv(None)  # pylint: disable=protected-access
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 19, kwargs["in_features"]))
+  cotangent = jax.random.normal(jax.random.PRNGKey(3), ours(x).shape)
+
+  def loss_and_grads(layer):
+    loss = lambda m: jnp.sum(m(x, is_causal=True) * cotangent)
+    return nnx.value_and_grad(loss)(layer)
+
+  (got, got_grads), (want, want_grads) = loss_and_grads(ours), loss_and_grads(mha)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  chex.assert_trees_all_close(nnx.state(got_grads), nnx.state(want_grads), rtol=1e-4,
+                              atol=1e-5)
+  # A custom dot_general is honoured: the three projections stay separate.
+  custom = jflash.nn.FlashSelfAttention(**kwargs, qkv_dot_general=jax.lax.dot_general,
+                                        rngs=nnx.Rngs(1))
+  assert not custom._fusable_qkv(None)  # pylint: disable=protected-access
+
+
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_nnx_rope_matches_flax_rope(is_causal):
   kwargs = dict(num_heads=4, in_features=32, num_kv_heads=2)

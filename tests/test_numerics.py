@@ -323,7 +323,8 @@ LSE = ("FA-2 recomputes P = exp(scale S - lse) from an fp32 lse of magnitude ~80
        "lse (7.6e-6) is that relative error in every P of the row, where jax.nn subtracts "
        "the exact row max")
 RESIDUE = ("jax.nn's dk is exact here (P one-hot; error ~1e-15), jflash's is the rounding "
-           "residue of dP - delta, ~1.1e-5: the degenerate case of BUILD_NOTES' S = 1 note")
+           "residue of dP - delta, 8e-7 to 1.1e-5 by host CPU: the degenerate case of "
+           "BUILD_NOTES' S = 1 note")
 # On CPU jax.nn falls back from its 16-bit dot algorithms (unsupported there) to fp32
 # products, so its dS stays fp32: a stricter reference than on a GPU.
 GAPS_CPU = {
@@ -353,9 +354,13 @@ def _marks():
   for reason, names in (GAPS_GPU if ON_GPU else GAPS_CPU).items():
     for name in names:
       for implementation in IMPLEMENTATIONS:
-        # Strict on CPU: interpret mode and XLA:CPU are fixed arithmetic.
+        # Strict on CPU, where interpret mode and XLA:CPU are fixed arithmetic, except
+        # RESIDUE: its size depends on the host CPU's code generation (dk 1.1e-5 on the
+        # machines these marks were measured on, 8.3e-7 on an AMD EPYC host, against a
+        # bound of 1e-5). The FA-2 arithmetic bound (ArithmeticExcess) holds either way.
+        strict = not ON_GPU and reason is not RESIDUE
         marks[name.replace("*", implementation)] = pytest.mark.xfail(
-            raises=CriterionGap, strict=not ON_GPU, reason=reason)
+            raises=CriterionGap, strict=strict, reason=reason)
   return marks
 
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.module import first_from
@@ -268,9 +269,12 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
           f"FlashSelfAttention: rope_theta={self.rope_theta} with cross-attention (inputs_k "
           "other than inputs_q): RoPE needs queries and keys on one sequence; use a layer "
           "with rope_theta=None for cross-attention")
-    q = self.query(inputs_q, out_sharding=qkv_sharding)
-    k = self.key(inputs_k, out_sharding=qkv_sharding)
-    v = self.value(inputs_v, out_sharding=qkv_sharding)
+    if self_attention and inputs_v is inputs_q and self._fusable_qkv(qkv_sharding):
+      q, k, v = self._project_qkv(inputs_q)
+    else:
+      q = self.query(inputs_q, out_sharding=qkv_sharding)
+      k = self.key(inputs_k, out_sharding=qkv_sharding)
+      v = self.value(inputs_v, out_sharding=qkv_sharding)
     if self.normalize_qk:
       q, k = self.query_ln(q), self.key_ln(k)
     if self.rope_theta is not None:
@@ -293,6 +297,32 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
     y = _call_attention_fn(self.attention_fn, q, k, v, is_causal=is_causal,
                            always=tuple(always), **flax_kwargs)
     return self.out(y, out_sharding=out_sharding)
+
+  def _fusable_qkv(self, qkv_sharding) -> bool:
+    """Whether q, k and v of one input can come from one matrix multiply (plain
+    LinearGenerals of one input width, no custom dot_general, no output sharding)."""
+    projections = (self.query, self.key, self.value)
+    return qkv_sharding is None and all(
+        type(p) is nnx.LinearGeneral and p.dot_general is None and p.dot_general_cls is None
+        and p.preferred_element_type is None and p.kernel.shape[0] == self.query.kernel.shape[0]
+        and (p.bias is None) == (self.query.bias is None) for p in projections)
+
+  def _project_qkv(self, x):
+    """q, k, v = the query, key and value projections of `x`, as one matrix multiply over
+    their kernels concatenated along the heads axis (the same products, one GEMM in the
+    forward and one for the input gradient: 2.5% of a GPT-2-small training step on an
+    H200, BUILD_NOTES issue 11)."""
+    projections = (self.query, self.key, self.value)
+    kernel = jnp.concatenate([p.kernel[...] for p in projections], axis=-2)
+    bias = (jnp.concatenate([p.bias[...] for p in projections], axis=-2)
+            if self.query.bias is not None else None)
+    x, kernel, bias = self.query.promote_dtype((x, kernel, bias), dtype=self.query.dtype)
+    out = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
+                              precision=self.query.precision)
+    if bias is not None:
+      out += bias
+    n, kv = self.query.kernel.shape[-2], self.key.kernel.shape[-2]
+    return jnp.split(out, [n, n + kv], axis=-2)
 
   def _dropout_rng(self, deterministic, rngs):
     """(deterministic, dropout key or None) of a call, as ``nnx.MultiHeadAttention`` does.
