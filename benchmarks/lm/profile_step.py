@@ -33,7 +33,6 @@ import pathlib
 import re
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
