@@ -16,6 +16,7 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import pytest
 
@@ -303,6 +304,34 @@ def test_causal_work_order(rows, heads, batch, group):
   assert np.all(np.diff(section) >= 0)
   for s in np.unique(section):
     assert np.all(np.diff(row[section == s]) <= 0)
+
+
+@pytest.mark.parametrize("pairs,rows,ctas", [(96, 16, 132), (384, 16, 132), (40, 8, 20)])
+def test_causal_sections_balance_the_persistent_deal(pairs, rows, ctas):
+  """The kernels' own deal (work_items, work_item; vmapped over the CTAs) gives each
+  CTA the work deal_imbalance says, and l2_group(..., ctas) picks sections that balance
+  it where the L2 fit alone does not (96 pairs of 16 rows: the gpt2-small LM)."""
+  from jflash.kernels.mosaic_gpu import common
+  bytes_per_pair = 2 * rows * 128 * 64 * 2  # K and V of 128-key blocks, H=64, bf16
+
+  def work(group):
+    def per_cta(_):
+      count, item = common.work_items(pairs * rows)
+      def add(k, total):
+        row, _, _ = common.work_item(item(k), rows=rows, heads=pairs, batch=1,
+                                     row_major=True, reverse=True, group=group)
+        return total + jnp.where(k < count, row + 1, 0)
+      return lax.fori_loop(0, pairs * rows // ctas + 1, add, jnp.int32(0))
+    load = np.asarray(jax.vmap(per_cta, axis_name="cta")(jnp.arange(ctas)))
+    assert load.sum() == pairs * rows * (rows + 1) // 2
+    return load.max() / load.mean()
+
+  plain = common.l2_group(bytes_per_pair, pairs, rows)
+  chosen = common.l2_group(bytes_per_pair, pairs, rows, ctas)
+  for group in {plain, chosen}:
+    assert work(group) == pytest.approx(common.deal_imbalance(pairs, rows, ctas, group))
+  assert work(chosen) <= 1.03
+  assert work(chosen) <= work(plain) - 0.02 or chosen == plain
 
 
 def test_named_barrier_ids():

@@ -293,7 +293,9 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   # (ABAB, BUILD_NOTES issue 10 session 3) 1.02-1.04x at H=128/256, T=2k/4k, and
   # 0.975x at H=64 (query blocks of 256 rows; not understood), where it stays off;
   # 1.02-1.04x at H=192 (session 4).
-  dq_l2_group = (common.l2_group(2 * s_pad * h_pad * itemsize, n * b, t_pad // q_multiple)
+  dq_ctas = common.num_ctas(t_pad // q_multiple * n * b, config.bwd_persistent, interpret)
+  dq_l2_group = (common.l2_group(2 * s_pad * h_pad * itemsize, n * b, t_pad // q_multiple,
+                                 dq_ctas if config.bwd_persistent else None)
                  if h_pad >= 128 else n * b)
   # Each consumer's S and dP go to the tensor cores together where both fit its
   # registers with the accumulators: 64 x 64 tiles at H <= 128. H200, B·T = 16k,
@@ -313,7 +315,7 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
           *common.stream_scratch(kv_tiles, stages, c),
           smem((c, block_q, block_kv)) if interpretable else None,
       ],
-      grid=(common.num_ctas(t_pad // q_multiple * n * b, config.bwd_persistent, interpret),),
+      grid=(dq_ctas,),
       grid_names=("cta",), num_threads=c + 1,
       kernel_name="jflash_mgpu_bwd_dq", **mosaic,
   )(q, do, lse2, delta, *kv_in, *extras) if not fused else None

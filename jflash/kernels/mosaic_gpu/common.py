@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -130,19 +131,44 @@ L2_BUDGET = 12 * 2**20
 L2_SECTION_ROWS = 32
 
 
-def l2_group(bytes_per_pair: int, pairs: int, rows: int) -> int:
-  """The (batch, head) pairs per section of causal work (:func:`work_item`): as many as
-  fit their streamed operands (`bytes_per_pair` each) in :data:`L2_BUDGET`, for grids
-  of at most :data:`L2_SECTION_ROWS` row blocks; else all `pairs` (no sections).
+def l2_group(bytes_per_pair: int, pairs: int, rows: int, ctas: int | None = None) -> int:
+  """The (batch, head) pairs per section of causal work (:func:`work_item`): about as
+  many as fit their streamed operands (`bytes_per_pair` each) in :data:`L2_BUDGET`, for
+  grids of at most :data:`L2_SECTION_ROWS` row blocks; else all `pairs` (no sections).
 
   Measured on an H200, causal forward, bf16 (BUILD_NOTES, issue 10 session 3): at
   T <= 4k each pair's rows are too few for the CTAs running at once to share its K/V,
   and sections of 12 MiB ran 1.04-1.19x; at T = 16k (128 row blocks, 8 MiB per pair)
   a section is one pair, whose longest-first rows no longer balance the CTAs: 0.68x.
+
+  `ctas`: the CTAs of a persistent launch, which deals the items in a snake
+  (:func:`work_items`). Several sections make the item lengths a sawtooth that the
+  snake does not balance (the gpt2-small LM's attention, 96 pairs of 16 rows on 132
+  CTAs: the busiest CTA gets 1.23x the mean work with sections of 24 pairs). With
+  `ctas`, where the L2 fit deals more than 2% worse than the best section size from
+  half to twice it (:func:`deal_imbalance`), that size (the nearest to the fit at equal
+  balance, to 1%): 33 pairs there, 1.01x.
   """
   if rows > L2_SECTION_ROWS:
     return pairs
-  return max(1, min(pairs, L2_BUDGET // max(1, bytes_per_pair)))
+  fit = max(1, min(pairs, L2_BUDGET // max(1, bytes_per_pair)))
+  if ctas is None or fit == pairs:
+    return fit
+  imbalance = {g: deal_imbalance(pairs, rows, ctas, g)
+               for g in range(max(1, fit // 2), min(pairs, 2 * fit) + 1)}
+  best = min(imbalance, key=lambda g: (round(imbalance[g], 2), abs(g - fit)))
+  return best if imbalance[fit] - imbalance[best] > 0.02 else fit
+
+
+def deal_imbalance(pairs: int, rows: int, ctas: int, group: int) -> float:
+  """Busiest CTA's work over the mean, for causal items in sections of `group` pairs
+  (rows longest first, row r costing r + 1 tiles) dealt as :func:`work_items` does."""
+  sizes = [min(group, pairs - start) for start in range(0, pairs, group)]
+  lengths = np.concatenate([np.repeat(np.arange(rows, 0, -1), size) for size in sizes])
+  wave, position = np.divmod(np.arange(lengths.size), ctas)
+  cta = np.where(wave % 2 == 0, position, ctas - 1 - position)
+  load = np.bincount(cta, weights=lengths, minlength=ctas)
+  return float(load.max() / load.mean())
 
 
 def work_item(w, *, rows: int, heads: int, batch: int, row_major: bool, reverse: bool,

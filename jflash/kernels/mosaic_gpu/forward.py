@@ -408,7 +408,8 @@ def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: Mas
       block_kv=block_kv, stages=stages, groups=n // kv_heads, num_q_ctas=num_q_ctas,
       heads=n, batch=b, q_bufs=q_bufs, overlap=config.overlap, interpretable=interpretable,
       l2_group=common.l2_group(2 * s_pad * h_pad * jnp.dtype(dtype).itemsize, n * b,
-                               num_q_ctas) if h_pad in L2_SECTION_HEAD_DIMS else n * b)
+                               num_q_ctas, ctas if config.persistent else None)
+      if h_pad in L2_SECTION_HEAD_DIMS else n * b)
   out, lse = plgpu.kernel(
       kernel,
       out_type=[jax.ShapeDtypeStruct(q.shape, dtype),
