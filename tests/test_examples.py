@@ -1,7 +1,8 @@
 """The example LM: the tiny preset's loss falls on CPU and resumes from a checkpoint; its
 embedding gradients are float32, weight decay reaches only the weight matrices, gradient
 accumulation equals one larger batch, and data parallelism over 4 host devices (the
-conftest's XLA_FLAGS) trains like one device at equal global batch."""
+conftest's XLA_FLAGS) trains like one device at equal global batch; --bench times a
+median step with the next step in flight; benchmarks/lm/profile_step.py runs on CPU."""
 
 from __future__ import annotations
 
@@ -162,3 +163,55 @@ def test_devices_errors(train_lm, capsys):
   assert "--devices 8: only 4 device(s) visible" in capsys.readouterr().err
   assert train_lm.cli(["--preset", "tiny", "--devices", "3"]) == 2
   assert "--batch-size 16 must be divisible by the 3" in capsys.readouterr().err
+
+
+def test_step_seconds_times_each_step_with_the_next_in_flight(train_lm):
+  """step_seconds dispatches step i + 1 before waiting for step i (as training does) and
+  returns one interval per step; with each wait taking ~20 ms and dispatch nothing,
+  the intervals are ~20 ms."""
+  import time  # pylint: disable=g-import-not-at-top
+  events = []
+
+  class Pending:
+    def __init__(self, i):
+      self.i = i
+
+    def __float__(self):
+      events.append(("wait", self.i))
+      time.sleep(0.02)
+      return 0.0
+
+  def run(i):
+    events.append(("dispatch", i))
+    return Pending(i)
+
+  intervals = train_lm.step_seconds(run, 6)
+  assert events[:5] == [("dispatch", 0), ("dispatch", 1), ("wait", 0), ("dispatch", 2),
+                        ("wait", 1)]
+  assert [i for kind, i in events if kind == "dispatch"] == list(range(8))
+  assert intervals.shape == (6,)
+  assert 0.015 < float(np.median(intervals)) < 0.035
+
+
+def test_bench_and_profile_step_run_on_cpu(train_lm, capsys, tmp_path):
+  """--bench prints the median step and its tokens/s; benchmarks/lm/profile_step.py
+  times the example's and the plain step and summarises a jax.profiler trace."""
+  assert train_lm.cli(["--preset", "tiny", "--bench", "3", "--devices", "1"]) == 0
+  line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("BENCH "))
+  result = json.loads(line[len("BENCH "):])
+  assert result["devices"] == 1 and result["step_ms"] > 0
+  assert result["tokens_per_s"] == pytest.approx(16 * 128 / result["step_ms"] * 1e3)
+
+  spec = importlib.util.spec_from_file_location(
+      "profile_step", ROOT / "benchmarks" / "lm" / "profile_step.py")
+  profile_step = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(profile_step)
+  assert profile_step.main(["--cases", "plain:xla", "example:xla", "--seq-len", "64",
+                            "--batch-size", "4", "--random-tokens", "--trace",
+                            str(tmp_path), "--", "--preset", "tiny", "--devices", "1"]) == 0
+  lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+  steps = [l for l in lines if "step_ms" in l]
+  traces = [l for l in lines if "processes" in l]
+  assert [l["case"] for l in steps] == [l["case"] for l in traces] == ["plain:xla", "example:xla"]
+  assert all(l["step_ms"] > 0 for l in steps)
+  assert all(p["busy_ms"] > 0 for l in traces for p in l["processes"].values())

@@ -17,8 +17,8 @@ clipping), then reports
 Cases: ``example:<attention>`` is train_lm.py's own ``Trainer`` step (its flags after
 ``--``), ``before:<attention>`` the same from an older copy of train_lm.py (``--before
 DIR``), ``plain:cudnn`` a plain-JAX GPT of the same shape written as functions over a
-dict of arrays (fused q/k/v projection, the same optimizer), the reference the issue
-measured at 636k tokens/s at T=2048.
+dict of arrays (fused q/k/v projection, the same optimizer; ``plain:cudnn`` is the step
+issue 11 measured at 636k tokens/s at T=2048; ``plain:xla`` runs on a CPU).
 
   python benchmarks/lm/profile_step.py --cases plain:cudnn example:cudnn example:jflash
 """
@@ -70,13 +70,13 @@ def _dense(x, weight_bias):
   return x @ weight.astype(jnp.bfloat16) + bias.astype(jnp.bfloat16)
 
 
-def plain_loss(params, tokens, targets, heads: int):
+def plain_loss(params, tokens, targets, heads: int, implementation: str = "cudnn"):
   b, t = tokens.shape
   x = (params["embed"][tokens] + params["pos"][:t]).astype(jnp.bfloat16)
   for blk in params["blocks"]:
     q, k, v = jnp.split(_dense(_layer_norm(x, blk["ln1"]), blk["qkv"]), 3, axis=-1)
     q, k, v = (y.reshape(b, t, heads, -1) for y in (q, k, v))
-    a = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+    a = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
     x = x + _dense(a.reshape(b, t, -1), blk["out"])
     x = x + _dense(jax.nn.gelu(_dense(_layer_norm(x, blk["ln2"]), blk["fc"])), blk["proj"])
   logits = (_layer_norm(x, params["ln_f"]) @ params["embed"].astype(jnp.bfloat16).T)
@@ -96,7 +96,8 @@ def plain_step_fn(args: train_lm.Args):
   @jax.jit
   def step(state, tokens, targets):
     params, opt_state = state
-    loss, grads = jax.value_and_grad(plain_loss)(params, tokens[0], targets[0], args.heads)
+    loss, grads = jax.value_and_grad(plain_loss)(params, tokens[0], targets[0], args.heads,
+                                                 args.attention)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
 
