@@ -116,7 +116,8 @@ def parse_args(argv=None) -> Args:
   parser.add_argument("--prompt", default="def fibonacci(n):\n")
   parser.add_argument("--gen-bytes", type=int, default=300)
   parser.add_argument("--bench", type=int, default=0,
-                      help="only time this many steps after 3 warm-up steps, print JSON, exit")
+                      help="only time this many steps after 3 warm-up steps (their median, "
+                      "with the next step in flight), print JSON, exit")
   parser.add_argument("--devices", type=int,
                       help="data-parallel over the first N devices (default: every visible one)")
   ns = vars(parser.parse_args(argv))

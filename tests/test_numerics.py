@@ -29,8 +29,9 @@ the input dtype before the dV, dQ and dK products. Every case must meet
 
 and then the criterion (else CriterionGap). Known gaps, each with its cause from the
 table `python tests/test_numerics.py` prints (BUILD_NOTES.md, "Numerics tests (draft
-from helper)"), are marked `xfail(raises=CriterionGap)`: strict on CPU, so a fix shows
-up as a failure to remove the mark; any other error still fails.
+from helper)"), are marked `xfail(raises=CriterionGap)`: strict on CPU (except RESIDUE, whose size
+depends on the host CPU), so a fix shows up as a failure to remove the mark; any other
+error still fails.
 """
 
 from __future__ import annotations

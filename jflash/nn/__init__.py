@@ -299,13 +299,27 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
     return self.out(y, out_sharding=out_sharding)
 
   def _fusable_qkv(self, qkv_sharding) -> bool:
-    """Whether q, k and v of one input can come from one matrix multiply (plain
-    LinearGenerals of one input width, no custom dot_general, no output sharding)."""
-    projections = (self.query, self.key, self.value)
-    return qkv_sharding is None and all(
-        type(p) is nnx.LinearGeneral and p.dot_general is None and p.dot_general_cls is None
-        and p.preferred_element_type is None and p.kernel.shape[0] == self.query.kernel.shape[0]
-        and (p.bias is None) == (self.query.bias is None) for p in projections)
+    """Whether q, k and v of one input can come from one matrix multiply: three plain
+    LinearGenerals alike in everything but their heads (input width, head dim, dtypes,
+    precision, promotion, bias or not; no custom dot_general), none of their parameters
+    sharded (a split of head-sharded kernels would move data between devices), and no
+    output sharding asked for."""
+    query = self.query
+    projections = (query, self.key, self.value)
+
+    def alike(p):
+      return (type(p) is nnx.LinearGeneral and p.dot_general is None
+              and p.dot_general_cls is None and p.preferred_element_type is None
+              and p.dtype == query.dtype and p.precision == query.precision
+              and p.promote_dtype is query.promote_dtype
+              and p.kernel.dtype == query.kernel.dtype
+              and (p.kernel.shape[0], p.kernel.shape[-1]) == (query.kernel.shape[0],
+                                                              query.kernel.shape[-1])
+              and (p.bias is None) == (query.bias is None))
+
+    params = [v for p in projections for v in (p.kernel, p.bias) if v is not None]
+    return (qkv_sharding is None and all(alike(p) for p in projections)
+            and all(_unsharded(v) for v in params))
 
   def _project_qkv(self, x):
     """q, k, v = the query, key and value projections of `x`, as one matrix multiply over
@@ -370,6 +384,17 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
       raise NotImplementedError(f"FlashSelfAttention: nnx.view(decode=True): {_NO_KV_CACHE}")
     super().set_view(deterministic=deterministic, decode=decode, batch_size=batch_size,
                      max_length=max_length)
+
+
+def _unsharded(variable) -> bool:
+  """No sharding annotated on `variable` (flax metadata) nor carried by its value."""
+  metadata = variable.get_metadata()
+  for key in ("out_sharding", "sharding_names", "sharding"):
+    names = metadata.get(key)
+    if names is not None and any(name is not None for name in names):
+      return False
+  spec = getattr(jax.typeof(variable[...]).sharding, "spec", None)
+  return spec is None or all(axis is None for axis in spec)
 
 
 def _call_attention_fn(fn, q, k, v, *, is_causal, always=(), **kwargs):
