@@ -12,6 +12,7 @@ forms, and with and without the intra-warpgroup overlap that only the native for
 from __future__ import annotations
 
 import functools
+import sys
 
 import chex
 import jax
@@ -141,6 +142,31 @@ def test_against_oracle(name):
 def test_one_cta_per_work_item():
   """The forward's non-persistent launch (the default is one CTA per SM over all items)."""
   _check(CASES["lengths-offset-causal"], config=jflash.MosaicGpuConfig(persistent=False))
+
+
+@needs_hopper
+def test_causal_work_in_l2_sections(monkeypatch):
+  """Causal work in L2 sections sized for the persistent CTAs' deal, in the forward and
+  the persistent dQ kernel: 3 pairs of 2 row blocks on 3 CTAs (interpret mode), the
+  budget shrunk to 2 pairs' K/V, whose sections would deal 1.33x the mean to one CTA,
+  so sections of 1 pair. Every item is still computed once and right."""
+  from jflash.kernels.mosaic_gpu import common
+  bytes_per_pair = 2 * 256 * 128 * 2  # K and V, S=256, H=128, bf16
+  monkeypatch.setattr(common, "L2_BUDGET", 2 * bytes_per_pair)
+  groups = set()
+  l2_group = common.l2_group
+
+  def spy(*args):
+    caller = sys._getframe(1).f_code.co_filename.rsplit("/", 1)[-1]  # pylint: disable=protected-access
+    groups.add((caller, args, l2_group(*args)))
+    return l2_group(*args)
+
+  monkeypatch.setattr(common, "l2_group", spy)
+  _check((1, 256, 256, 3, 1, 128, BF16, {"is_causal": True}),
+         config=jflash.MosaicGpuConfig(bwd_persistent=True))
+  # (caller, (bytes per pair, pairs, rows, CTAs), pairs per section)
+  assert groups == {("forward.py", (bytes_per_pair, 3, 2, 3), 1),
+                    ("backward.py", (bytes_per_pair, 3, 2, 3), 1)}, groups
 
 
 @pytest.mark.gpu
