@@ -74,7 +74,10 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
   Wherever it does not raise, it computes what ``nnx.MultiHeadAttention`` computes with
   the same parameters, self-attention or cross-attention alike (`in_kv_features`,
   ``layer(inputs_q, inputs_k, inputs_v)``), plus optional rotary position embedding
-  (RoPE, Su et al. 2021) on q and k before the kernel.
+  (RoPE, Su et al. 2021) on q and k before the kernel. In self-attention the three
+  projections run as one matrix multiply over their kernels concatenated along the heads
+  (the same products; not when they differ in configuration, have a custom dot_general,
+  carry a sharding, or `qkv_sharding` is given).
 
   Attention dropout works as in the parent (`dropout_rate`, `deterministic` here, in the
   call or through ``nnx.view``; the dropout key from the call's `rngs` or the layer's
