@@ -76,6 +76,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   dk_ref, dv_ref, own, own_bars, bufs, full, free, p_smem, done, *dq_scratch = rest
   k_smem, v_smem = own
   wg = lax.axis_index("wg")
+  extents = (q_ref.shape[1], k_ref.shape[1])  # padded T, S
   rows_per_cta = block_kv if split else CONSUMERS * block_kv
   local_items, item_index = common.work_items(rows * heads * batch)  # persistent
   stream = common.Stream.create(bufs, full, free, stages=stages, consumers=CONSUMERS,
@@ -141,7 +142,8 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         # Positions per step, where used (as in backward_dq).
         kv_pos = kv_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
         q_pos = i * block_q + plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
-        visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, kv_seg, i * block_q, 1)
+        visible = (variants.visible(ex, spec, pos, b, q_start=i * block_q, kv_start=kv_start,
+                                    shape=shape, q_dim=1, own_seg=kv_seg, extents=extents)
                    if masked else None)
         # Accumulators: the carry (dV if does_dv, then dK if does_dk), Sᵀ, then dPᵀ.
         dv_i, dk_i = 0, len(carry) - 1

@@ -33,6 +33,7 @@ def dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   dq_ref, own, own_bars, bufs, full, free, ds_smem = rest
   q_smem, do_smem, lse_smem, delta_smem = own
   wg = lax.axis_index("wg")
+  extents = (q_ref.shape[1], kv_refs[0].shape[1])  # padded T, S
   local_items, item_index = common.work_items(rows * heads * batch)  # persistent
   stream = common.Stream.create(bufs, full, free, stages=stages, consumers=consumers,
                                interpretable=interpretable)
@@ -71,7 +72,8 @@ def dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       # live across the loop would cost 2 x 32 registers per thread.
       q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
       kv_pos = j * block_kv + plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
-      visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, q_seg, j * block_kv, 0)
+      visible = (variants.visible(ex, spec, pos, b, q_start=q_start, kv_start=j * block_kv,
+                                  shape=shape, q_dim=0, own_seg=q_seg, extents=extents)
                  if masked else None)
 
       def products(mm):  # accumulators: 0 dQ, 1 S, 2 dP
