@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 from typing import Any, Callable, NamedTuple
 
 import jax.numpy as jnp
@@ -175,21 +176,33 @@ class MaskSpec:
                           q_len=packed[b, 1] if self.q_lengths else None,
                           kv_len=packed[b, 2] if self.kv_lengths else None)
 
-  def visible(self, q_pos, kv_pos, pos: Positions | None = None):
+  def visible(self, q_pos, kv_pos, pos: Positions | None = None,
+              extents: tuple[int, int] | None = None):
     """Boolean array: query index `q_pos` sees key index `kv_pos` (broadcasting).
 
     Indices past the (valid) end of either sequence are never visible. Segment ids
-    are not checked here (see :func:`segment_visible`).
+    are not checked here (see :func:`segment_visible`). `extents`: the (T, S) extents
+    that q_pos and kv_pos index (padded to whole tiles); a static length at least that
+    large is not compared (a kernel's masked tiles then cost fewer operations).
     """
     pos = pos or self.positions()
-    vis = (q_pos < pos.q_len) & (kv_pos < pos.kv_len)
+    conds = []
+    for index, length, extent in zip((q_pos, kv_pos), (pos.q_len, pos.kv_len),
+                                     extents or (None, None)):
+      if not (extent is not None and isinstance(length, int) and length >= extent):
+        conds.append(index < length)
     if self.left is not None or self.right is not None:
       at = _add(q_pos, pos.offset)  # the query's position
       if self.right is not None:
-        vis = vis & (kv_pos <= _add(at, self.right))
+        conds.append(kv_pos <= _add(at, self.right))
       if self.left is not None:
-        vis = vis & (kv_pos >= _add(at, -self.left))
-    return vis
+        conds.append(kv_pos >= _add(at, -self.left))
+    if not conds:  # every index is within its extent and no window applies
+      return (q_pos >= 0) & (kv_pos >= 0)
+    vis = functools.reduce(operator.and_, conds)
+    # The shape every compare would give (lengths and offsets may be batched arrays).
+    return jnp.broadcast_to(vis, np.broadcast_shapes(jnp.shape(vis), jnp.shape(q_pos),
+                                                     jnp.shape(kv_pos)))
 
   def kv_tiles(self, q_start: Index, block_q: int, block_kv: int,
                pos: Positions | None = None) -> TileRange:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -141,3 +142,21 @@ def _check_tiles(tiles, any_visible, needs_all):
   # Fully visible tiles are run unmasked, except at most one at each end of the run.
   masked = [j for j in range(lo, hi) if not full_lo <= j < full_hi]
   assert sum(needs_all[j] for j in masked) <= 2, (tiles, needs_all)
+
+
+@pytest.mark.parametrize("window", [None, (3, 0), (None, 5), (7, 2)])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_visible_within_extents(is_causal, window):
+  """`extents` (the padded T, S a kernel's indices stay within) drops only the length
+  compares that no index can fail: the same mask wherever and however padded, and no
+  length compare left when T and S fill their extents."""
+  for t, s, offset in itertools.product([5, 16, 64], [7, 16, 64], [0, 3]):
+    spec = MaskSpec(t, s, is_causal, window=window, q_offset=offset)
+    for t_pad, s_pad in ((t, s), (-(-t // 16) * 16, -(-s // 16) * 16), (t + 32, s + 32)):
+      q_pos, kv_pos = jnp.arange(t_pad)[:, None], jnp.arange(s_pad)[None, :]
+      np.testing.assert_array_equal(
+          np.asarray(spec.visible(q_pos, kv_pos, extents=(t_pad, s_pad))),
+          _dense(spec, t_pad, s_pad), err_msg=f"{spec} extents {(t_pad, s_pad)}")
+    jaxpr = str(jax.make_jaxpr(lambda q, k, spec=spec: spec.visible(q, k, extents=(t, s)))(
+        jnp.arange(t)[:, None], jnp.arange(s)[None, :]))
+    assert " lt " not in jaxpr, jaxpr

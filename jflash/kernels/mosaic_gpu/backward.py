@@ -142,8 +142,8 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         # Positions per step, where used (as in backward_dq).
         kv_pos = kv_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
         q_pos = i * block_q + plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
-        visible = (variants.visible(ex, spec, pos, b, q_start=i * block_q, kv_start=kv_start,
-                                    shape=shape, q_dim=1, own_seg=kv_seg, extents=extents)
+        visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, kv_seg, i * block_q, 1,
+                                    extents)
                    if masked else None)
         # Accumulators: the carry (dV if does_dv, then dK if does_dk), Sᵀ, then dPᵀ.
         dv_i, dk_i = 0, len(carry) - 1

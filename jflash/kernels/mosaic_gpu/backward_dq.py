@@ -72,8 +72,8 @@ def dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       # live across the loop would cost 2 x 32 registers per thread.
       q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
       kv_pos = j * block_kv + plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
-      visible = (variants.visible(ex, spec, pos, b, q_start=q_start, kv_start=j * block_kv,
-                                  shape=shape, q_dim=0, own_seg=q_seg, extents=extents)
+      visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, q_seg, j * block_kv, 0,
+                                  extents)
                  if masked else None)
 
       def products(mm):  # accumulators: 0 dQ, 1 S, 2 dP

@@ -125,20 +125,20 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       c = 1.0 if score_mod.active else scale * LOG2E  # logits -> base-2 exponents
       shape = (block_q, block_kv)
       q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
+      kv_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=plgpu.Layout.WGMMA)
       q_seg = ex.segment_ids("q_seg", b, q_start, block_q, 0) if spec.segment_ids else None
 
-      def visible(j):
-        return variants.visible(ex, spec, pos, b, q_start=q_start, kv_start=j * block_kv,
-                                shape=shape, q_dim=0, own_seg=q_seg, extents=extents)
+      def visible(j, kv_pos):
+        return variants.visible(ex, spec, pos, b, q_pos, kv_pos, q_seg, j * block_kv, 0,
+                                extents)
 
       def softmax(s, m, l, j, masked):
         """(P in the input dtype, new m, new l, alpha) after raw scores s of key tile j."""
+        kv_pos = j * block_kv + kv_iota
         if score_mod.active:
-          kv_pos = j * block_kv + plgpu.broadcasted_iota(jnp.int32, shape, 1,
-                                                         layout=plgpu.Layout.WGMMA)
           s = score_mod.logits(s * scale, q_pos=q_pos + pos.offset, kv_pos=kv_pos) * LOG2E
         if masked:
-          s = jnp.where(visible(j), s, -jnp.inf)
+          s = jnp.where(visible(j, kv_pos), s, -jnp.inf)
         m_new = jnp.maximum(m, s.max(axis=1) * c)
         # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.
         m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
