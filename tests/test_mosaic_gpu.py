@@ -172,6 +172,49 @@ def test_causal_work_in_l2_sections(monkeypatch):
                     ("backward.py", (bytes_per_pair, 3, 2, ctas), section)}, groups
 
 
+@needs_hopper
+def test_causal_work_in_l2_sections_one_cta_per_item(monkeypatch):
+  """With one CTA per work item (the hardware hands them out), causal work runs in L2
+  sections past L2_SECTION_ROWS row blocks too, in the forward and in both backward
+  kernels: here 1 row block stands for the limit, 3 pairs of 2 row blocks, the budget
+  shrunk to 1 pair's streamed operands (K/V for the forward and dQ, Q/dO for dK/dV)."""
+  from jflash.kernels.mosaic_gpu import common
+  bytes_per_pair = 2 * 256 * 128 * 2  # two [256, 128] bf16 operands per pair
+  monkeypatch.setattr(common, "L2_BUDGET", bytes_per_pair)
+  monkeypatch.setattr(common, "L2_SECTION_ROWS", 1)
+  calls = []
+  l2_group = common.l2_group
+
+  def spy(*args):
+    calls.append((sys._getframe(1).f_code.co_filename.rsplit("/", 1)[-1], args,  # pylint: disable=protected-access
+                  l2_group(*args)))
+    return calls[-1][-1]
+
+  monkeypatch.setattr(common, "l2_group", spy)
+  _check((1, 256, 256, 3, 3, 128, BF16, {"is_causal": True}),
+         config=jflash.MosaicGpuConfig(persistent=False, bwd_persistent=False))
+  # (caller, (bytes per pair, pairs, rows, CTAs), pairs per section): the forward (run
+  # twice: alone and in the VJP), the dQ kernel (128-row blocks) and the dK/dV kernel
+  # (2 x 64 keys); no CTA count: not persistent.
+  assert sorted(calls) == [("backward.py", (bytes_per_pair, 3, 2, None), 1)] * 2 + [
+      ("forward.py", (bytes_per_pair, 3, 2, None), 1)] * 2, calls
+
+
+def test_l2_sections_past_the_row_limit_only_without_persistence():
+  """Past L2_SECTION_ROWS row blocks a persistent launch runs no sections (its snake deal
+  would not balance one pair's longest-first rows), a launch of one CTA per item does."""
+  from jflash.kernels.mosaic_gpu import common
+  rows = common.L2_SECTION_ROWS + 1
+  per_pair = common.L2_BUDGET // 2
+  assert common.l2_group(per_pair, 16, rows) == 2
+  assert common.l2_group(per_pair, 16, rows, ctas=132) == 16
+  assert common.l2_group(4 * common.L2_BUDGET, 16, rows) == 1  # at least one pair
+  # Within the limit a persistent launch keeps the fit where its deal balances it (here
+  # one item per CTA).
+  rows = common.L2_SECTION_ROWS
+  assert common.l2_group(per_pair, 16, rows, ctas=16 * rows) == 2
+
+
 @pytest.mark.gpu
 @needs_hopper
 @pytest.mark.parametrize("name", GPU_CASES)

@@ -57,7 +57,7 @@ CONSUMERS, LOG2E, WGMMA = steps.CONSUMERS, steps.LOG2E, steps.WGMMA
 def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                 score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
                 rows: int, heads: int, batch: int, interpretable: bool, split: bool,
-                fused: str | None, overlap: bool):
+                fused: str | None, overlap: bool, l2_group: int):
   # k, v, dk, dv: [B, Sp, K, H]; q, do: [B, Tp, N, H]; lse2, delta: [B, N, Tp];
   # interpretable form: also qt, dot [B, N, H, Tp] (Qᵀ, dOᵀ). With `split` (H > 128,
   # where dK and dV of 64 rows do not both fit one warpgroup's registers) the two
@@ -85,9 +85,11 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   def item(k):
     """(kv head, b, first key row, positions, schedule) of the CTA's k-th work item.
 
-    Causal: the first key rows are seen by the most queries; they go first."""
+    Causal: the first key rows are seen by the most queries; they go first (in L2
+    sections of (batch, KV head) pairs, see backward())."""
     jc, kv_head, b = common.work_item(item_index(k), rows=rows, heads=heads, batch=batch,
-                                      row_major=spec.is_causal, reverse=False)
+                                      row_major=spec.is_causal, reverse=False,
+                                      group=l2_group)
     pos = ex.positions(spec, b)
     cta_start = jc * rows_per_cta
     return kv_head, b, cta_start, pos, variants.schedule_of(
@@ -294,7 +296,8 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   # Causal dQ work in L2 sections, as in the forward, at H >= 128: measured on an H200
   # (ABAB, BUILD_NOTES issue 10 session 3) 1.02-1.04x at H=128/256, T=2k/4k, and
   # 0.975x at H=64 (query blocks of 256 rows; not understood), where it stays off;
-  # 1.02-1.04x at H=192 (session 4).
+  # 1.02-1.04x at H=192 (session 4); with one CTA per item at T = 16k, sections of one
+  # pair 1.06x (H=128) and 1.10x (H=256), and 0.98x at H=64 (session 9).
   dq_ctas = common.num_ctas(t_pad // q_multiple * n * b, config.bwd_persistent, interpret)
   dq_l2_group = (common.l2_group(2 * s_pad * h_pad * itemsize, n * b, t_pad // q_multiple,
                                  dq_ctas if config.bwd_persistent else None)
@@ -339,10 +342,19 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
     fused_scratch = [smem((slots, CONSUMERS, *ds_tile), swizzle=swizzle_bytes(h_pad, dtype)),
                      common.smem((CONSUMERS, block_q, h_pad // slots), jnp.float32),
                      plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=2)]
+  # Causal dK/dV work in L2 sections of the pairs whose Q and dO fit (common.l2_group),
+  # only past L2_SECTION_ROWS key blocks: with one CTA per item at T = 16k, H200, bf16
+  # (ABAB, BUILD_NOTES issue 10 session 9) 1.03x (H=64), 1.05x (H=128), 1.07x (H=256);
+  # at T = 4k sections did not help (0.95-1.0x, session 3; 1.00x, session 9).
+  dkv_rows, dkv_pairs = s_pad // kv_multiple, kv_heads * b
+  dkv_ctas = common.num_ctas(dkv_rows * dkv_pairs, config.bwd_persistent, interpret)
+  dkv_l2_group = (common.l2_group(2 * groups * t_pad * h_pad * itemsize, dkv_pairs, dkv_rows,
+                                  dkv_ctas if config.bwd_persistent else None)
+                  if dkv_rows > common.L2_SECTION_ROWS else dkv_pairs)
   dkv_kernel = plgpu.kernel(
       functools.partial(_dkv_kernel, split=split, fused=fused, overlap=overlap and not fused,
-                        names=names,
-                        rows=s_pad // kv_multiple, heads=kv_heads, batch=b, **params),
+                        names=names, l2_group=dkv_l2_group,
+                        rows=dkv_rows, heads=kv_heads, batch=b, **params),
       out_type=[jax.ShapeDtypeStruct(k.shape, dtype)] * 2,
       scratch_types=[
           (smem((own, *rows_kv)), smem((own, *rows_kv))),
@@ -352,8 +364,7 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
           plgpu.Barrier(num_arrivals=CONSUMERS),
           *fused_scratch,
       ],
-      grid=(common.num_ctas(s_pad // kv_multiple * kv_heads * b, config.bwd_persistent,
-                            interpret),),
+      grid=(dkv_ctas,),
       grid_names=("cta",),
       num_threads=CONSUMERS + 1, kernel_name="jflash_mgpu_bwd_dkv", **mosaic,
   )

@@ -127,19 +127,25 @@ def work_items(num_items: int):
 #: Bytes of streamed operands that the (batch, head) pairs running at once may share
 #: in L2 (H100/H200: 50 MiB in two halves). 12 MiB measured best of 12, 24 and all.
 L2_BUDGET = 12 * 2**20
-#: Row blocks up to which causal work runs in L2 sections (see :func:`l2_group`).
+#: Row blocks up to which the causal work of a persistent launch runs in L2 sections
+#: (see :func:`l2_group`).
 L2_SECTION_ROWS = 32
 
 
 def l2_group(bytes_per_pair: int, pairs: int, rows: int, ctas: int | None = None) -> int:
   """The (batch, head) pairs per section of causal work (:func:`work_item`): about as
-  many as fit their streamed operands (`bytes_per_pair` each) in :data:`L2_BUDGET`, for
-  grids of at most :data:`L2_SECTION_ROWS` row blocks; else all `pairs` (no sections).
+  many as fit their streamed operands (`bytes_per_pair` each) in :data:`L2_BUDGET`;
+  in a persistent launch (`ctas` given) only for grids of at most
+  :data:`L2_SECTION_ROWS` row blocks, else all `pairs` (no sections).
 
-  Measured on an H200, causal forward, bf16 (BUILD_NOTES, issue 10 session 3): at
+  Measured on an H200, causal, bf16 (BUILD_NOTES, issue 10 sessions 3 and 9): at
   T <= 4k each pair's rows are too few for the CTAs running at once to share its K/V,
-  and sections of 12 MiB ran 1.04-1.19x; at T = 16k (128 row blocks, 8 MiB per pair)
-  a section is one pair, whose longest-first rows no longer balance the CTAs: 0.68x.
+  and sections of 12 MiB ran the forward 1.04-1.19x. At T = 16k (128 row blocks, 8 MiB
+  per pair at H=128) a section is one pair: in the persistent forward its longest-first
+  rows no longer balance the snake deal (0.68x), but with one CTA per item, which the
+  hardware hands out as SMs free up, such sections ran the backward kernels 1.03-1.10x
+  and the forward up to 1.02x (the rows of all pairs at once spread the CTAs running
+  together over every pair's operands, more than L2 holds).
 
   `ctas`: the CTAs of a persistent launch, which deals the items in a snake
   (:func:`work_items`). Several sections make the item lengths a sawtooth that the
@@ -149,7 +155,7 @@ def l2_group(bytes_per_pair: int, pairs: int, rows: int, ctas: int | None = None
   half to twice it (:func:`deal_imbalance`), that size (the nearest to the fit at equal
   balance, to 1%): 33 pairs there, 1.01x.
   """
-  if rows > L2_SECTION_ROWS:
+  if ctas is not None and rows > L2_SECTION_ROWS:
     return pairs
   fit = max(1, min(pairs, L2_BUDGET // max(1, bytes_per_pair)))
   if ctas is None or fit == pairs:

@@ -147,10 +147,17 @@ def default_config(head_dim: int, is_causal: bool, q_len: int | None = None) -> 
     if is_causal and q_len is not None and q_len <= 4096:
       return MosaicGpuConfig(**forward, bwd_block_q=64, bwd_num_stages=3)
     return MosaicGpuConfig(**forward, bwd_block_q=128, bwd_persistent=bwd_persistent)
+  # Causal, T > 8k, H = 128 and 256: one CTA per work item, which the hardware hands out
+  # as SMs free up (in L2 sections of one pair, common.l2_group), ran the forward 1.03x
+  # (H=128) and 1.05x (H=256) the persistent launch at T = 16k; at T = 8k 1.03x and
+  # 0.96x, at H=64 0.91x (H200, issue 10 session 9).
+  persistent = not (is_causal and q_len is not None and q_len > 8192
+                    and head_dim in (128, 256))
   if head_dim <= 128:
     return MosaicGpuConfig(block_q=64, block_kv=128, num_stages=2, overlap=overlap,
-                           bwd_persistent=bwd_persistent)
-  return MosaicGpuConfig(block_q=64, block_kv=64, num_stages=2, overlap=overlap)
+                           persistent=persistent, bwd_persistent=bwd_persistent)
+  return MosaicGpuConfig(block_q=64, block_kv=64, num_stages=2, overlap=overlap,
+                         persistent=persistent)
 
 
 def check_fits(config: MosaicGpuConfig, head_dim: int, dtype,
