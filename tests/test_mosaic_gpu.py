@@ -70,6 +70,9 @@ GPU_CASES = {
         "q_segment_ids": np.repeat(np.array([[0, 1, 2, 3], [4, 5, 6, 7]], np.int32),
                                    np.array([300, 1000, 700, 48]), axis=1),
         "query_seq_lengths": np.array([2048, 1500], np.int32)}),
+    # T > 8k: the causal forward runs one CTA per item (default_config), and all three
+    # kernels run in L2 sections (2 pairs of 4; common.l2_group); a ragged last tile.
+    "causal-h128-long-sections": (1, 8320, 8320, 4, 4, 128, BF16, {"is_causal": True}),
     "offset-h256-lengths": (2, 700, 1024, 2, 2, 256, F16, {
         "is_causal": True, "q_offset": np.array([324, 0], np.int32),
         "key_value_seq_lengths": np.array([1024, 600], np.int32)}),
