@@ -160,10 +160,11 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
       lets a backend use unordered (atomic) reductions where that is faster. The
       ``"triton"`` and ``"xla"`` backends are deterministic either way: their backward
       is a dK/dV pass and a dQ pass that each accumulate in a fixed order, no atomics.
-      So is ``"mosaic_gpu"`` by default; with ``config=jflash.MosaicGpuConfig(...,
-      bwd_fused=True)`` (which needs deterministic=False, else ValueError) it runs one
-      fused kernel whose dQ is an unordered sum of fp32 reduce-adds, as
-      FlashAttention-3's backward does (slower so far on an H200: see the README).
+      So is ``"mosaic_gpu"`` with True. With False it runs one fused kernel whose dQ
+      is an unordered sum of fp32 reduce-adds, as FlashAttention-3's backward does,
+      where that measured faster on an H200 (H <= 64 and T > 4k; see the README), or
+      when ``config=jflash.MosaicGpuConfig(..., bwd_fused=True)`` asks for it (which
+      with deterministic=True raises ValueError).
     implementation: ``"mosaic_gpu"`` (Pallas kernels lowered through Mosaic GPU, after
       FlashAttention-3, Shah et al. 2024; Hopper GPUs, bfloat16/float16; causal,
       windows, q_offset, lengths, segment ids and soft-cap, not yet masks, bias, ALiBi

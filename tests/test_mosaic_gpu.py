@@ -362,6 +362,26 @@ def test_backward_kernels(deterministic, fused):
             config=jflash.MosaicGpuConfig(block_kv=64, bwd_fused=True))
 
 
+@needs_hopper
+def test_default_backward_by_determinism():
+  """Without a config, deterministic=False takes the fused backward (no dQ kernel) where
+  it measured faster, H <= 64 and T > 4k, and the two kernels elsewhere; True never
+  takes it. (Traced only: the kernels are tested above.)"""
+  def kernels(t, h, deterministic, **kwargs):
+    q, k, v, do = random_inputs(0, 1, t, t, 2, 2, h, BF16)
+    grads = lambda q, k, v, do: jax.vjp(lambda *x: jflash.attention(
+        *x, implementation="mosaic_gpu", interpret=not ON_GPU, deterministic=deterministic,
+        **kwargs), q, k, v)[1](do)
+    text = str(jax.make_jaxpr(grads)(q, k, v, do))
+    return {name for name in ("jflash_mgpu_bwd_dkv", "jflash_mgpu_bwd_dq") if name in text}
+  fused, two = {"jflash_mgpu_bwd_dkv"}, {"jflash_mgpu_bwd_dkv", "jflash_mgpu_bwd_dq"}
+  assert kernels(4160, 64, False) == fused
+  assert kernels(4160, 48, False, is_causal=True) == fused  # H padded to 64
+  assert kernels(4160, 64, True) == two
+  assert kernels(4096, 64, False, is_causal=True) == two
+  assert kernels(4160, 128, False) == two
+
+
 @pytest.mark.parametrize("rows,heads,batch,group", [
     (5, 3, 2, 4), (4, 2, 3, 6), (3, 4, 1, 1), (6, 2, 2, None)])
 def test_causal_work_order(rows, heads, batch, group):

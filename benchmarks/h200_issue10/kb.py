@@ -21,6 +21,8 @@ for h, t, c in grid:
     elif impl == "tokamax":
       import tokamax
       att = lambda q, k, v: tokamax.dot_product_attention(q, k, v, is_causal=causal, implementation="mosaic")
+    elif var == "nd":  # the default config with deterministic=False
+      att = lambda q, k, v: jflash.attention(q, k, v, is_causal=causal, implementation="mosaic_gpu", deterministic=False)
     else:
       cfg = default_config(kernel_head_dim(h), causal, t)
       for kv in filter(None, var.split("+")):

@@ -2,7 +2,8 @@
 
 FlashAttention-3's structure (Shah et al. 2024): warp-specialised TMA producer, two
 consumer warpgroups taking turns on wgmma, a two-kernel deterministic backward (a fused
-one with unordered dQ sums is opt-in: ``MosaicGpuConfig.bwd_fused``). It
+one with unordered dQ sums, ``MosaicGpuConfig.bwd_fused``, runs with deterministic=False
+at H <= 64 and T > 4k, or when asked for). It
 serves bfloat16/float16 inputs with H <= 256 (64, 96, 128, 192, 256 natively, others
 zero-padded), any T and S, GQA, causal, windows, ``q_offset`` (static or per batch
 element), query and key lengths, segment ids and soft-cap; anything else goes to
@@ -58,7 +59,8 @@ class MosaicGpuBackend(backends.Backend):
     return None
 
   def default_config(self, problem, device):
-    return default_config(kernel_head_dim(problem.head_dim), problem.is_causal, problem.q_len)
+    return default_config(kernel_head_dim(problem.head_dim), problem.is_causal, problem.q_len,
+                          problem.deterministic)
 
   def check_config(self, config, problem, device):
     check_fits(config, problem.head_dim, problem.dtype, problem.deterministic)

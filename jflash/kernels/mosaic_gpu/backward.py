@@ -13,18 +13,19 @@ warpgroups that each own 64-row tiles of the other side and accumulate in regist
 * dQ: a CTA holds 2 * ``bwd_block_q`` queries and streams the key/value tiles they see:
   S = Q Kᵀ, dP = dO Vᵀ, dQ += dS K. (:mod:`.backward_dq`.)
 
-* fused (opt-in: ``MosaicGpuConfig(bwd_fused=True)`` with ``deterministic=False``,
-  H <= 128): the dK/dV kernel also computes each consumer's share of dQ and
-  TMA-reduce-adds it in fp32 into a zeroed dQ accumulator (FlashAttention-3's
-  backward): 5 matrix multiplies per tile instead of 7, at the price of an unordered
-  sum (not bitwise reproducible). Each consumer still waits for every matrix multiply
-  it issues, and so far this measured 0-40% slower than the two kernels on an H200
-  (BUILD_NOTES): not the default until the consumers pipeline their wgmmas.
+* fused (``MosaicGpuConfig(bwd_fused=True)`` with ``deterministic=False``, H <= 128;
+  the default with deterministic=False at H <= 64, T > 4k): the dK/dV kernel also
+  computes each consumer's share of dQ and TMA-reduce-adds it in fp32 into a zeroed dQ
+  accumulator (FlashAttention-3's backward): 5 matrix multiplies per tile instead of 7,
+  at the price of an unordered sum (not bitwise reproducible). On an H200 it measured
+  2-8% faster than the two kernels at H=64, T=8k-16k, and up to 40% slower at short
+  causal T and H=128 (BUILD_NOTES).
 
 A tile's matrix multiplies are written once (:func:`.backward_steps.pipelined`). With
 64 x 64 tiles at H <= 128 (two kernels) they overlap inside each consumer, as in
 FlashAttention-3: S and dP are issued together, P is computed while dP runs, dS while
-dV runs. Elsewhere each completes when issued, which needs fewer registers.
+dV runs; in the fused kernel only at H = 64, where it fits without spills. Elsewhere
+each completes when issued, which needs fewer registers.
 
 Both recompute P = exp(scale q.k - lse) from the forward pass's lse and use delta =
 rowsum(dO * O) - dL/dlse. As in the forward, the native form reads transposed operands
@@ -308,6 +309,10 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   # (T=16k causal) the one-at-a-time order; H=64's 128-query tiles and H=256 spilled
   # 300-1100 bytes and ran 0.7x and 0.98x; the fused kernel spilled more and ran slower.
   overlap = h_pad <= 128 and block_q * block_kv <= 64 * 64
+  # The fused kernel overlaps only at H = 64 (64 x 64 tiles: no spills; 0.99x the serial
+  # order at T=16k causal, H200, session 9); at H = 128 it spilled and ran 0.4-0.8x
+  # (session 4).
+  fused_overlap = overlap and (not fused or h_pad == 64)
   dq = None if fused else plgpu.kernel(
       functools.partial(dq_kernel, consumers=c, names=names, rows=t_pad // q_multiple,
                         heads=n, batch=b, **params,
@@ -352,7 +357,7 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
                                   dkv_ctas if config.bwd_persistent else None)
                   if dkv_rows > common.L2_SECTION_ROWS else dkv_pairs)
   dkv_kernel = plgpu.kernel(
-      functools.partial(_dkv_kernel, split=split, fused=fused, overlap=overlap and not fused,
+      functools.partial(_dkv_kernel, split=split, fused=fused, overlap=fused_overlap,
                         names=names, l2_group=dkv_l2_group,
                         rows=dkv_rows, heads=kv_heads, batch=b, **params),
       out_type=[jax.ShapeDtypeStruct(k.shape, dtype)] * 2,

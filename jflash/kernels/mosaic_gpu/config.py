@@ -39,8 +39,10 @@ class MosaicGpuConfig:
       the plain step. Native form only (the interpretable form ignores it).
     bwd_fused: one fused backward kernel instead of the dQ and dK/dV kernels: dQ is
       summed by unordered fp32 TMA reduce-adds (FlashAttention-3), so it needs
-      ``jflash.attention(..., deterministic=False)``; head dims <= 128 only. Off by
-      default: it measured slower than the two kernels (H200; BUILD_NOTES, issue 10).
+      ``jflash.attention(..., deterministic=False)``; head dims <= 128 only. The default
+      with deterministic=False only at H <= 64 and T > 4k, where it measured 2-8%
+      faster than the two kernels; elsewhere up to 40% slower (H200; BUILD_NOTES,
+      issue 10).
   """
 
   block_q: int = 64
@@ -122,8 +124,10 @@ def fused_smem_bytes(block_q: int, block_kv: int, stages: int, head_dim: int,
   return own + ring + ds + dq + 1024
 
 
-def default_config(head_dim: int, is_causal: bool, q_len: int | None = None) -> MosaicGpuConfig:
-  """The forward and backward tiles for head dim `head_dim` (after padding), T = `q_len`."""
+def default_config(head_dim: int, is_causal: bool, q_len: int | None = None,
+                   deterministic: bool = True) -> MosaicGpuConfig:
+  """The forward and backward tiles for head dim `head_dim` (after padding), T = `q_len`;
+  with `deterministic` False, the fused backward where it measured faster."""
   # Measured on an H200 (BUILD_NOTES, issue 10 log): at H=64, backward query tiles of
   # 128 rows ran 22% faster than 64 (376 vs 307 TFLOP/s at T=2k) before the backward
   # overlapped S and dP (session 4; see below); at H=128 they spill
@@ -146,6 +150,13 @@ def default_config(head_dim: int, is_causal: bool, q_len: int | None = None) -> 
     # 128-query tiles, and 0.99x at 16k (H200, session 4 of issue 10).
     if is_causal and q_len is not None and q_len <= 4096:
       return MosaicGpuConfig(**forward, bwd_block_q=64, bwd_num_stages=3)
+    # deterministic=False, T > 4k: the fused backward (dQ by fp32 reduce-adds), backward
+    # kernels' time against the two kernels' (H200, issue 10 session 9): T=16k causal
+    # 0.95x with 64-query tiles (overlapped), 0.99x with 128; T=16k non-causal 0.92x with
+    # 128-query tiles, 0.95-0.96x with 64; the gpt2-small shape at T=8k (causal) 0.985x. At
+    # T=2k causal it ran 1.31x, at 2k non-causal 0.97x (kept off at T <= 4k).
+    if not deterministic and q_len is not None and q_len > 4096:
+      return MosaicGpuConfig(**forward, bwd_block_q=64 if is_causal else 128, bwd_fused=True)
     return MosaicGpuConfig(**forward, bwd_block_q=128, bwd_persistent=bwd_persistent)
   # Causal, T > 8k, H = 128 and 256: one CTA per work item, which the hardware hands out
   # as SMs free up (in L2 sections of one pair, common.l2_group), ran the forward 1.03x
