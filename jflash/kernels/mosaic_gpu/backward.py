@@ -298,7 +298,7 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   # (ABAB, BUILD_NOTES issue 10 session 3) 1.02-1.04x at H=128/256, T=2k/4k, and
   # 0.975x at H=64 (query blocks of 256 rows; not understood), where it stays off;
   # 1.02-1.04x at H=192 (session 4); with one CTA per item at T = 16k, sections of one
-  # pair 1.06x (H=128) and 1.10x (H=256), and 0.98x at H=64 (session 9).
+  # pair 1.03x (H=128) and 1.04x (H=256), and 0.98x at H=64 (session 9).
   dq_ctas = common.num_ctas(t_pad // q_multiple * n * b, config.bwd_persistent, interpret)
   dq_l2_group = (common.l2_group(2 * s_pad * h_pad * itemsize, n * b, t_pad // q_multiple,
                                  dq_ctas if config.bwd_persistent else None)
@@ -349,8 +349,9 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
                      plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=2)]
   # Causal dK/dV work in L2 sections of the pairs whose Q and dO fit (common.l2_group),
   # only past L2_SECTION_ROWS key blocks: with one CTA per item at T = 16k, H200, bf16
-  # (ABAB, BUILD_NOTES issue 10 session 9) 1.03x (H=64), 1.05x (H=128), 1.07x (H=256);
-  # at T = 4k sections did not help (0.95-1.0x, session 3; 1.00x, session 9).
+  # (BUILD_NOTES issue 10 session 9) 1.01x (H=64), 1.03x (H=128), 1.01x (H=256); at
+  # T = 8k, H=64 up to 1.05-1.10x; at T = 4k sections did not help (0.95-1.0x, session
+  # 3; 1.00x, session 9).
   dkv_rows, dkv_pairs = s_pad // kv_multiple, kv_heads * b
   dkv_ctas = common.num_ctas(dkv_rows * dkv_pairs, config.bwd_persistent, interpret)
   dkv_l2_group = (common.l2_group(2 * groups * t_pad * h_pad * itemsize, dkv_pairs, dkv_rows,

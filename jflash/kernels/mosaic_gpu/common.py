@@ -143,8 +143,8 @@ def l2_group(bytes_per_pair: int, pairs: int, rows: int, ctas: int | None = None
   and sections of 12 MiB ran the forward 1.04-1.19x. At T = 16k (128 row blocks, 8 MiB
   per pair at H=128) a section is one pair: in the persistent forward its longest-first
   rows no longer balance the snake deal (0.68x), but with one CTA per item, which the
-  hardware hands out as SMs free up, such sections ran the backward kernels 1.03-1.10x
-  and the forward up to 1.02x (the rows of all pairs at once spread the CTAs running
+  hardware hands out as SMs free up, such sections ran the backward kernels 1.01-1.04x
+  and the forward up to 1.03x (the rows of all pairs at once spread the CTAs running
   together over every pair's operands, more than L2 holds).
 
   `ctas`: the CTAs of a persistent launch, which deals the items in a snake
