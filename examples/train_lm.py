@@ -59,6 +59,7 @@ class Args:
   preset: str
   data: str | None
   attention: str
+  deterministic_backward: bool
   layers: int
   d_model: int
   heads: int
@@ -91,6 +92,11 @@ def parse_args(argv=None) -> Args:
   parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
   parser.add_argument("--data", help="text file or directory (default: Python's stdlib sources)")
   parser.add_argument("--attention", choices=["jflash", "xla", "cudnn"], default="jflash")
+  parser.add_argument("--deterministic-backward", action=argparse.BooleanOptionalAction,
+                      default=True,
+                      help="jflash: gradients bitwise identical run to run (default); "
+                      "--no-deterministic-backward lets its backward sum dQ in any order "
+                      "where that is faster, as cuDNN's default backward does")
   parser.add_argument("--layers", type=int)
   parser.add_argument("--d-model", type=int)
   parser.add_argument("--heads", type=int)
@@ -216,6 +222,7 @@ class Block(nnx.Module):
     self.attn = jflash.nn.FlashSelfAttention(
         args.heads, args.d_model, num_kv_heads=args.kv_heads, dtype=jnp.bfloat16,
         param_dtype=jnp.float32, use_bias=False, attention_fn=attention_fn,
+        deterministic_backward=args.deterministic_backward,
         rope_theta=10000.0 if args.positions == "rope" else None, rngs=rngs)
     self.mlp = MLP(args.d_model, args.mlp, rngs)
 
@@ -539,6 +546,7 @@ def bench(args: Args, trainer: Trainer, train_iter, n_params: int) -> int:
   prints one JSON line."""
   tokens_per_step = args.accum * args.batch_size * args.seq_len
   result = dict(attention=args.attention, seq_len=args.seq_len, batch_size=args.batch_size,
+                deterministic_backward=args.deterministic_backward,
                 accum=args.accum, devices=trainer.replicated.mesh.size,
                 device=jax.devices()[0].device_kind)
   try:

@@ -162,7 +162,8 @@ def attention(q, k, v, bias=None, mask=None, *, scale=None, is_causal=False,
       is a dK/dV pass and a dQ pass that each accumulate in a fixed order, no atomics.
       So is ``"mosaic_gpu"`` with True. With False it runs one fused kernel whose dQ
       is an unordered sum of fp32 reduce-adds, as FlashAttention-3's backward does,
-      where that measured faster on an H200 (H <= 64 and T > 4k; see the README), or
+      where that measured faster on an H200 (H <= 64: causal T > 4k, non-causal
+      T >= 2k; see the README), or
       when ``config=jflash.MosaicGpuConfig(..., bwd_fused=True)`` asks for it (which
       with deterministic=True raises ValueError).
     implementation: ``"mosaic_gpu"`` (Pallas kernels lowered through Mosaic GPU, after

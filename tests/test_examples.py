@@ -18,6 +18,8 @@ import optax
 import pytest
 from flax import nnx
 
+import jflash
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -65,6 +67,16 @@ def test_clear_errors(train_lm, tmp_path, capsys):
 
 def _tiny(train_lm, *extra):
   return train_lm.parse_args(["--preset", "tiny", *extra])
+
+
+def test_deterministic_backward_flag(train_lm):
+  """--no-deterministic-backward reaches every attention layer (default: deterministic)."""
+  for extra, want in (((), True), (("--no-deterministic-backward",), False)):
+    model = train_lm.GPT(_tiny(train_lm, *extra), nnx.Rngs(0))
+    layers = [m for _, m in nnx.iter_graph(model)
+              if isinstance(m, jflash.nn.FlashSelfAttention)]
+    assert layers and all(m.attention_fn.keywords["deterministic_backward"] is want
+                          for m in layers)
 
 
 def test_embedding_gradients_are_float32(train_lm):

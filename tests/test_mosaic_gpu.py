@@ -295,8 +295,9 @@ def test_bitwise_deterministic():
   chex.assert_trees_all_equal(f(q, k, v, do), f(q, k, v, do))
 
 
-# deterministic=False at H = 128 (padded from 112 and 120 here) splits dQ's columns
-# between the consumers, which then take every tile of their CTA (both masks apply).
+# The fused backward's consumers exchange dS and take every tile of their CTA (both
+# masks apply); at H = 128 (padded from 112 and 120 here) they split dQ's columns,
+# below it they take turns (H = 64, 96 here).
 FUSED_CASES = {
     **{name: CASES[name] for name in ("full-gqa-ragged", "causal-h96-two-ctas",
                                        "segments-causal", "lengths-offset-causal")},
@@ -327,6 +328,20 @@ def test_fused_backward(name):
   with its 64-byte swizzle, packing, runtime offsets and lengths, and the column split
   at H=128 with causal, windows and tile lists)."""
   _check_fused(FUSED_CASES[name])
+
+
+# The dQ shares (backward_steps.DQ_SHARES) where config.fused_dq_share would not pick
+# them: "alternate" (the consumers take turns, all columns) also serves H = 128.
+@needs_hopper
+@pytest.mark.parametrize("name", ["causal-h112-gqa-ragged", "segments-h120-window"])
+def test_fused_backward_alternate_share_at_h128(name, monkeypatch):
+  """The fused backward with the consumers taking turns on dQ at H = 128."""
+  from jflash.kernels.mosaic_gpu import backward
+  chosen = []
+  monkeypatch.setattr(backward, "fused_dq_share", lambda h: chosen.append(h) or "alternate")
+  jax.clear_caches()  # traces with the default share would be reused
+  _check_fused(FUSED_CASES[name])
+  assert chosen == [128], chosen
 
 
 @pytest.mark.gpu
@@ -365,8 +380,8 @@ def test_backward_kernels(deterministic, fused):
 @needs_hopper
 def test_default_backward_by_determinism():
   """Without a config, deterministic=False takes the fused backward (no dQ kernel) where
-  it measured faster, H <= 64 and T > 4k, and the two kernels elsewhere; True never
-  takes it. (Traced only: the kernels are tested above.)"""
+  it measured faster, H <= 64 with causal T > 4k or non-causal T >= 2k, and the two
+  kernels elsewhere; True never takes it. (Traced only: the kernels are tested above.)"""
   def kernels(t, h, deterministic, **kwargs):
     q, k, v, do = random_inputs(0, 1, t, t, 2, 2, h, BF16)
     grads = lambda q, k, v, do: jax.vjp(lambda *x: jflash.attention(
@@ -376,6 +391,8 @@ def test_default_backward_by_determinism():
     return {name for name in ("jflash_mgpu_bwd_dkv", "jflash_mgpu_bwd_dq") if name in text}
   fused, two = {"jflash_mgpu_bwd_dkv"}, {"jflash_mgpu_bwd_dkv", "jflash_mgpu_bwd_dq"}
   assert kernels(4160, 64, False) == fused
+  assert kernels(2048, 64, False) == fused
+  assert kernels(2000, 64, False) == two
   assert kernels(4160, 48, False, is_causal=True) == fused  # H padded to 64
   assert kernels(4160, 64, True) == two
   assert kernels(4096, 64, False, is_causal=True) == two

@@ -262,7 +262,7 @@ def _parameters(fn):
 
 @pytest.mark.parametrize("method, extras", [
     ("__init__", {"rope_theta", "local_window_size", "logits_soft_cap", "implementation",
-                  "config"}),
+                  "config", "deterministic_backward"}),
     ("__call__", {"positions", "q_segment_ids", "kv_segment_ids", "bias"}),
 ])
 def test_nnx_takes_every_argument_of_multi_head_attention(method, extras):
@@ -650,3 +650,22 @@ def test_linen_dropout_mask_bias():
   params = flax.init(jax.random.PRNGKey(1), x)
   chex.assert_trees_all_close(plain.apply(params, x, mask=mask, bias=bias),
                               flax.apply(params, x, mask=mask), atol=2e-5)
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_deterministic_backward_reaches_the_kernel_call(flag, monkeypatch):
+  """`deterministic_backward` of the layers and of attention_fn becomes jflash.attention's
+  `deterministic` (the layers' own `deterministic` stays about dropout)."""
+  calls = _spy(monkeypatch)
+  x = _normal(29, (2, 16, 32))
+  layer = jflash.nn.FlashSelfAttention(4, 32, implementation="xla", deterministic=True,
+                                       deterministic_backward=flag, rngs=nnx.Rngs(0))
+  layer(x, is_causal=True)
+  linen_layer = jflash.nn.linen.FlashSelfAttention(num_heads=4, implementation="xla",
+                                                   deterministic_backward=flag)
+  linen_layer.apply(linen_layer.init(jax.random.PRNGKey(0), x), x, is_causal=True)
+  jflash.nn.attention_fn(x.reshape(2, 16, 4, 8), x.reshape(2, 16, 4, 8),
+                         x.reshape(2, 16, 4, 8), implementation="xla",
+                         deterministic_backward=flag)
+  # nnx, linen's init and apply, attention_fn
+  assert [call["deterministic"] for call in calls] == [flag] * 4, calls

@@ -138,6 +138,9 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
       :func:`jflash.attention`): a sliding window ``(left, right)`` (or an int for both
       sides), and Gemma-2-style soft-capping of the logits.
     implementation, config: forwarded to :func:`jflash.attention`.
+    deterministic_backward: forwarded to :func:`jflash.attention` as `deterministic`
+      (`deterministic` here is about dropout, as in ``nnx.MultiHeadAttention``): False
+      lets the backward sum dQ in any order where that is faster.
 
   Raises:
     NotImplementedError: ``decode=True``.
@@ -173,7 +176,8 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
                key_ln_scale_metadata: Mapping[str, Any] = MappingProxyType({}),
                rope_theta: float | None = None, local_window_size=None,
                logits_soft_cap: float | None = None, implementation: str | None = None,
-               config: jflash.AttentionConfig | None = None):
+               config: jflash.AttentionConfig | None = None,
+               deterministic_backward: bool = True):
     if decode:
       raise NotImplementedError(f"FlashSelfAttention(decode=True): {_NO_KV_CACHE}")
     super().__init__(
@@ -184,6 +188,7 @@ class FlashSelfAttention(nnx.MultiHeadAttention):
         out_bias_init=out_bias_init, use_bias=use_bias,
         attention_fn=attention_fn or functools.partial(
             _flash_attention_fn, implementation=implementation, config=config,
+            deterministic_backward=deterministic_backward,
             local_window_size=local_window_size, logits_soft_cap=logits_soft_cap),
         decode=False, normalize_qk=normalize_qk, qkv_promote_dtype=qkv_promote_dtype,
         out_promote_dtype=out_promote_dtype, ln_promote_dtype=ln_promote_dtype,

@@ -26,12 +26,14 @@ def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: boo
                  query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
                  q_segment_ids=None, kv_segment_ids=None, q_offset=0, logits_soft_cap=None,
                  alibi_slopes=None, implementation: str | None = None,
-                 config: jflash.AttentionConfig | None = None):
+                 config: jflash.AttentionConfig | None = None,
+                 deterministic_backward: bool = True):
   """FlashAttention with the signature of Flax's ``dot_product_attention``.
 
   Pass it as ``attention_fn=jflash.nn.attention_fn`` to ``nnx.MultiHeadAttention`` or
   ``linen.MultiHeadDotProductAttention`` (use ``functools.partial`` to set
-  `implementation` or `config`). It takes exactly the keyword arguments Flax passes.
+  `implementation`, `config` or `deterministic_backward`). It takes exactly the keyword
+  arguments Flax passes.
 
   Masks. A `mask` in Flax's layout ([batch..., N or 1, T, S], True or nonzero: attend),
   e.g. from ``nnx.make_attention_mask`` (padding) or ``nnx.make_causal_mask``, is applied
@@ -85,6 +87,9 @@ def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: boo
       :func:`jflash.attention`, forwarded (with several leading batch dims, their batch
       dims are flattened like q's).
     implementation, config: forwarded to :func:`jflash.attention`.
+    deterministic_backward: :func:`jflash.attention`'s `deterministic` (Flax's
+      `deterministic` above is about dropout): True for gradients bitwise identical run
+      to run, False to let a backend sum dQ in any order where that is faster.
 
   Returns:
     [batch..., T, N, H] in the promoted dtype. A query that no key is visible to (e.g.
@@ -156,7 +161,8 @@ def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: boo
     bias = _scores_operand("bias", bias, batch, n, t, s)
   return _attention_any_batch(
       query, key, value, bias=bias, mask=mask, is_causal=is_causal,
-      implementation=implementation, config=config, local_window_size=local_window_size,
+      implementation=implementation, config=config, deterministic=deterministic_backward,
+      local_window_size=local_window_size,
       logits_soft_cap=logits_soft_cap, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
       batched=dict(query_seq_lengths=query_seq_lengths,
                    key_value_seq_lengths=key_value_seq_lengths, q_segment_ids=q_segment_ids,

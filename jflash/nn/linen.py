@@ -53,6 +53,9 @@ class FlashSelfAttention(nn.Module):
     normalize_qk: LayerNorm on q and k (ViT-22B).
     rope_theta: if not None, rotary position embedding with this base on q and k.
     implementation, config: forwarded to :func:`jflash.attention`.
+    deterministic_backward: forwarded to :func:`jflash.attention` as `deterministic`
+      (`deterministic` below is about dropout): False lets the backward sum dQ in any
+      order where that is faster.
     dropout_rate: probability of dropping an attention probability, in [0, 1).
     deterministic: True turns dropout off; None to give it in the call instead.
     local_window_size, logits_soft_cap: see :func:`jflash.attention`: a sliding window
@@ -83,6 +86,7 @@ class FlashSelfAttention(nn.Module):
   rope_theta: float | None = None
   implementation: str | None = None
   config: jflash.AttentionConfig | None = None
+  deterministic_backward: bool = True
   dropout_rate: float = 0.0
   deterministic: bool | None = None
   local_window_size: Any = None
@@ -156,7 +160,7 @@ class FlashSelfAttention(nn.Module):
                      q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
                      local_window_size=self.local_window_size,
                      logits_soft_cap=self.logits_soft_cap, implementation=self.implementation,
-                     config=self.config)
+                     config=self.config, deterministic_backward=self.deterministic_backward)
     return nn.DenseGeneral(
         features=features, axis=(-2, -1), kernel_init=self.out_kernel_init or self.kernel_init,
         bias_init=self.out_bias_init or self.bias_init, use_bias=self.use_bias, dtype=self.dtype,

@@ -3,7 +3,7 @@
 FlashAttention-3's structure (Shah et al. 2024): warp-specialised TMA producer, two
 consumer warpgroups taking turns on wgmma, a two-kernel deterministic backward (a fused
 one with unordered dQ sums, ``MosaicGpuConfig.bwd_fused``, runs with deterministic=False
-at H <= 64 and T > 4k, or when asked for). It
+at H <= 64 for causal T > 4k and non-causal T >= 2k, or when asked for). It
 serves bfloat16/float16 inputs with H <= 256 (64, 96, 128, 192, 256 natively, others
 zero-padded), any T and S, GQA, causal, windows, ``q_offset`` (static or per batch
 element), query and key lengths, segment ids and soft-cap; anything else goes to

@@ -14,12 +14,13 @@ warpgroups that each own 64-row tiles of the other side and accumulate in regist
   S = Q Kᵀ, dP = dO Vᵀ, dQ += dS K. (:mod:`.backward_dq`.)
 
 * fused (``MosaicGpuConfig(bwd_fused=True)`` with ``deterministic=False``, H <= 128;
-  the default with deterministic=False at H <= 64, T > 4k): the dK/dV kernel also
-  computes each consumer's share of dQ and TMA-reduce-adds it in fp32 into a zeroed dQ
+  the default with deterministic=False at H <= 64 for causal T > 4k and non-causal
+  T >= 2k): the dK/dV kernel also computes dQ = dS K over both consumers' keys
+  (:func:`.backward_steps.dq_share`) and TMA-reduce-adds it in fp32 into a zeroed dQ
   accumulator (FlashAttention-3's backward): 5 matrix multiplies per tile instead of 7,
-  at the price of an unordered sum (not bitwise reproducible). On an H200 it measured
-  2-8% faster than the two kernels at H=64, T=8k-16k, and up to 40% slower at short
-  causal T and H=128 (BUILD_NOTES).
+  at the price of an unordered sum (not bitwise reproducible). On an H200 at H=64 its
+  kernel took 0.87-0.96x the two kernels' time there, 1.09-1.10x at causal T <= 4k,
+  and up to 1.4x at H=128 (BUILD_NOTES).
 
 A tile's matrix multiplies are written once (:func:`.backward_steps.pipelined`). With
 64 x 64 tiles at H <= 128 (two kernels) they overlap inside each consumer, as in
@@ -48,7 +49,7 @@ from jflash.backends import Operands
 from jflash.kernels.mosaic_gpu import backward_steps as steps, common, variants
 from jflash.kernels.mosaic_gpu.backward_dq import dq_kernel
 from jflash.kernels.mosaic_gpu.config import (SMEM_BYTES, MosaicGpuConfig, dq_smem_bytes,
-                                              kernel_head_dim, swizzle_bytes)
+                                              fused_dq_share, kernel_head_dim, swizzle_bytes)
 from jflash.masks import MaskSpec
 from jflash.scores import ScoreMod
 
@@ -63,8 +64,8 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   # interpretable form: also qt, dot [B, N, H, Tp] (Qᵀ, dOᵀ). With `split` (H > 128,
   # where dK and dV of 64 rows do not both fit one warpgroup's registers) the two
   # consumers share one key tile: consumer 0 accumulates dV, consumer 1 dK. Then the
-  # variants' inputs (`names`). `heads` are the K key/value heads. With `fused` ("keys"
-  # or "cols": how the consumers share dQ, see backward_steps.dq_share), a zeroed fp32 dQ accumulator
+  # variants' inputs (`names`). `heads` are the K key/value heads. With `fused` (how the
+  # consumers share dQ, one of backward_steps.DQ_SHARES), a zeroed fp32 dQ accumulator
   # ref follows, [B, Tp, N, H] (interpretable form: one per consumer and key row block,
   # [rows * 2, B, Tp, N, H]), and the dS, dQ buffers and a barrier end the scratch.
   n_in = 8 if interpretable else 6
@@ -73,7 +74,6 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   lse_ref, delta_ref = rest[-2:]
   ex, rest = variants.split(refs[n_in:], names)
   dq_acc, rest = (rest[0], rest[1:]) if fused else (None, rest)
-  split_cols = fused == "cols"
   dk_ref, dv_ref, own, own_bars, bufs, full, free, p_smem, done, *dq_scratch = rest
   k_smem, v_smem = own
   wg = lax.axis_index("wg")
@@ -125,7 +125,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                  (v_ref.at[b, kv_rows, kv_head], v_tile)], own_bars, wg)
     shape = (block_kv, block_q)
     mine = variants.own_tiles(spec, sched, pos, kv_start, block_kv, block_q, transpose=True)
-    if split_cols:  # both consumers take every tile of the CTA, to exchange dS
+    if fused:  # both consumers take every tile of the CTA, to exchange dS
       mine = sched.cta
     a_smem = p_smem.at[wg] if interpretable else None
     kv_seg = (ex.segment_ids("kv_seg", b, kv_start, block_kv, 0) if spec.segment_ids else None)
@@ -175,7 +175,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
             at = (b, pl.ds(i * block_q, block_q), kv_head * groups + g)
             steps.dq_share(ds_t, wg, t, k_smem, *dq_scratch,
                            dq_out=dq_acc.at[(writer, *at) if interpretable else at],
-                           split_cols=split_cols, interpretable=interpretable)
+                           mode=fused, interpretable=interpretable)
 
         out = steps.pipelined(products, carry, [shape] * (1 + does_dk),
                               asynchronous=overlap and not interpretable, a_smem=a_smem)
@@ -190,7 +190,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                                               (zeros,) * len([d for d in does.values() if d]))
     if not split:
       dv, dk = heads_loop(does_dk=True, does_dv=True)
-      if split_cols:  # the other consumer may still read this one's K in its last dQ
+      if fused:  # the other consumer may still read this one's K in its last dQ
         sync_consumers()
       steps.store_own([((dk * scale).astype(k_ref.dtype), k_tile, dk_out),
                   (dv.astype(k_ref.dtype), v_tile, dv_out)])
@@ -261,13 +261,12 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   consumers_dq = 2 if dq_smem_bytes(2, block_q, block_kv, stages, h_pad, itemsize) <= SMEM_BYTES else 1
   split = h_pad > 128
   # Fused (bwd_fused; config.check_fits allows it with H <= 128, tiles that fit and
-  # deterministic=False): at H = 128 the consumers split dQ's columns, elsewhere (H/2
-  # not a whole 128-byte swizzle row) each adds dS K over its own keys.
+  # deterministic=False): how the consumers share dQ, config.fused_dq_share.
   fused = None
   if config.bwd_fused:
     if split:
       raise ValueError(f"MosaicGpuConfig(bwd_fused=True) serves head dims <= 128, not {h}")
-    fused = "cols" if h_pad == 128 else "keys"
+    fused = fused_dq_share(h_pad)
   if fused:
     consumers_dq = 1  # no dQ kernel: Q padded to whole query tiles only
   q_multiple = consumers_dq * block_q
@@ -342,10 +341,10 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   if fused:  # the zeroed fp32 dQ accumulator (interpretable: a slice per writer), dS, dQ
     writers = (s_pad // kv_multiple * CONSUMERS,) if interpretable else ()
     dq_acc = jnp.zeros((*writers, *q.shape), jnp.float32)
-    slots = 2 if fused == "cols" else 1
     ds_tile = (block_q, block_kv) if interpretable else (block_kv, block_q)
-    fused_scratch = [smem((slots, CONSUMERS, *ds_tile), swizzle=swizzle_bytes(h_pad, dtype)),
-                     common.smem((CONSUMERS, block_q, h_pad // slots), jnp.float32),
+    dq_cols = h_pad // 2 if fused == "cols" else h_pad
+    fused_scratch = [smem((2, CONSUMERS, *ds_tile), swizzle=swizzle_bytes(h_pad, dtype)),
+                     common.smem((CONSUMERS, block_q, dq_cols), jnp.float32),
                      plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=2)]
   # Causal dK/dV work in L2 sections of the pairs whose Q and dO fit (common.l2_group),
   # only past L2_SECTION_ROWS key blocks: with one CTA per item at T = 16k, H200, bf16

@@ -123,27 +123,42 @@ def pipelined(body, carry, fresh, *, asynchronous: bool, a_smem=None):
   return tuple(pl.run_state(run)(tuple(plgpu.ACC.init(c) for c in carry)))
 
 
-def dq_share(ds_t, wg, t, k_smem, ds_smem, dq_smem, ready, dq_out, *, split_cols: bool,
-              interpretable: bool):
+#: How the two consumers of the fused backward share a query tile's dQ (:func:`dq_share`).
+DQ_SHARES = ("cols", "alternate")
+
+
+def dq_share(ds_t, wg, t, k_smem, ds_smem, dq_smem, ready, dq_out, *, mode: str,
+             interpretable: bool):
   """Fused backward: a consumer's share of one query tile's dQ (fp32, unscaled), added
   into `dq_out` ([queries, H] in GMEM) by a TMA reduce-add.
 
-  Without `split_cols` the share is dS K over the consumer's own keys, all H columns;
-  with it (H = 128) the consumers first exchange their dS tiles (barrier `ready`) and
-  each computes half of the columns over both consumers' keys: half the registers and
-  half the reduce-add traffic. The interpreter has no TMA reductions (nor transposed
-  operands): the interpretable form stores the share to a slice of its own, summed
-  afterwards, and keeps dS untransposed in shared memory.
+  The consumers first exchange their dS tiles through shared memory (barrier `ready`),
+  so that a share spans both consumers' keys; then, by `mode` (one of
+  :data:`DQ_SHARES`):
+
+  * "cols" (H = 128): each consumer adds half of the columns.
+  * "alternate" (H < 128, where half a row is not a whole 128-byte swizzle row): the
+    consumer whose turn it is (by the parity of entry `t`) adds all H columns.
+
+  Either way a query tile gets one reduce-add of [queries, H] per CTA and entry, half
+  as many as if each consumer added dS K over its own keys (on an H200 at H = 64 that
+  ran 3-20% slower, BUILD_NOTES issue 10 session 10).
+
+  The interpreter has no TMA reductions (nor transposed operands): the interpretable
+  form stores the share to a slice of its own, summed afterwards, and keeps dS
+  untransposed in shared memory.
 
   ds_t: dSᵀ [keys, queries] in registers, of stream entry `t`; k_smem: both consumers'
-  key tiles [2, keys, H]; ds_smem: [slots, 2, keys, queries] ([.., queries, keys]
-  interpretable), two slots (by entry parity) with `split_cols`; dq_smem: the fp32
-  staging buffer [2, queries, H or H / 2], reusable once its last reduce-add read it.
+  key tiles [2, keys, H]; ds_smem: [2 slots (by entry parity), 2, keys, queries]
+  ([.., queries, keys] interpretable); dq_smem: the fp32 staging buffer [2, queries,
+  H / 2 ("cols") or H], reusable once its last reduce-add read it.
   """
   slot = lax.rem(t, jnp.int32(ds_smem.shape[0]))
   ds_smem.at[slot, wg][...] = ds_t.T if interpretable else ds_t
   plgpu.commit_smem()
   ds = lambda c: ds_smem.at[slot, c] if interpretable else ds_smem.at[slot, c].T
+  plgpu.barrier_arrive(ready.at[slot])
+  plgpu.barrier_wait(ready.at[slot])
 
   def reduce_add(part, out):
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
@@ -153,11 +168,14 @@ def dq_share(ds_t, wg, t, k_smem, ds_smem, dq_smem, ready, dq_out, *, split_cols
                             reduction_op=None if interpretable else "add")
 
   shape = dq_smem.shape[1:]
-  if not split_cols:
-    reduce_add(matmul(ds(wg), k_smem.at[wg], shape), dq_out)
+  if mode == "alternate":
+
+    @pl.when(wg == lax.rem(t, jnp.int32(CONSUMERS)))
+    def _share():
+      pairs = [(ds(o), k_smem.at[o]) for o in range(CONSUMERS)]
+      reduce_add(matmul(*pairs[0], shape, more=pairs[1:]), dq_out)
+
     return
-  plgpu.barrier_arrive(ready.at[slot])
-  plgpu.barrier_wait(ready.at[slot])
   for c in range(CONSUMERS):  # static column slices of K: one branch per consumer
     cols = pl.ds(c * shape[1], shape[1])
 

@@ -40,9 +40,9 @@ class MosaicGpuConfig:
     bwd_fused: one fused backward kernel instead of the dQ and dK/dV kernels: dQ is
       summed by unordered fp32 TMA reduce-adds (FlashAttention-3), so it needs
       ``jflash.attention(..., deterministic=False)``; head dims <= 128 only. The default
-      with deterministic=False only at H <= 64 and T > 4k, where it measured 2-8%
-      faster than the two kernels; elsewhere up to 40% slower (H200; BUILD_NOTES,
-      issue 10).
+      with deterministic=False at H <= 64 where it measured 4-13% faster than the two
+      kernels: causal T > 4k, non-causal T >= 2k; at causal T <= 4k 9-10% slower, at
+      H = 128 up to 40% (H200; BUILD_NOTES, issue 10).
   """
 
   block_q: int = 64
@@ -111,16 +111,23 @@ def dq_smem_bytes(consumers: int, block_q: int, block_kv: int, stages: int, head
   return own + 2 * stages * block_kv * head_dim * itemsize + 1024
 
 
+def fused_dq_share(head_dim: int) -> str:
+  """How the fused backward's two consumers share dQ at kernel head dim `head_dim` (one
+  of :data:`.backward_steps.DQ_SHARES`): at H = 128 each adds half the columns (on an
+  H200 at T=16k causal 0.92x the time of "alternate", which spills more there); below,
+  where half a row is not a whole 128-byte swizzle row, they take turns."""
+  return "cols" if head_dim == 128 else "alternate"
+
+
 def fused_smem_bytes(block_q: int, block_kv: int, stages: int, head_dim: int,
-                     itemsize: int, split_cols: bool) -> int:
+                     itemsize: int, dq_share: str) -> int:
   """Shared memory of the native fused backward: K and V of two consumers, the Q/dO/lse/
-  delta ring, each consumer's dS tile (two, with `split_cols`) and fp32 dQ share (of
-  half the columns, with `split_cols`)."""
-  slots = 2 if split_cols else 1
+  delta ring, each consumer's dS tile in two slots (by entry parity) and its fp32 dQ
+  share (of half the columns with `dq_share` "cols")."""
   own = 2 * 2 * block_kv * head_dim * itemsize
   ring = stages * (2 * block_q * head_dim * itemsize + 2 * block_q * 4)
-  ds = slots * 2 * block_kv * block_q * itemsize
-  dq = 2 * block_q * head_dim // slots * 4
+  ds = 2 * 2 * block_kv * block_q * itemsize
+  dq = 2 * block_q * (head_dim // 2 if dq_share == "cols" else head_dim) * 4
   return own + ring + ds + dq + 1024
 
 
@@ -150,12 +157,14 @@ def default_config(head_dim: int, is_causal: bool, q_len: int | None = None,
     # 128-query tiles, and 0.99x at 16k (H200, session 4 of issue 10).
     if is_causal and q_len is not None and q_len <= 4096:
       return MosaicGpuConfig(**forward, bwd_block_q=64, bwd_num_stages=3)
-    # deterministic=False, T > 4k: the fused backward (dQ by fp32 reduce-adds), backward
-    # kernels' time against the two kernels' (H200, issue 10 session 9): T=16k causal
-    # 0.95x with 64-query tiles (overlapped), 0.99x with 128; T=16k non-causal 0.92x with
-    # 128-query tiles, 0.95-0.96x with 64; the gpt2-small shape at T=8k (causal) 0.985x. At
-    # T=2k causal it ran 1.31x, at 2k non-causal 0.97x (kept off at T <= 4k).
-    if not deterministic and q_len is not None and q_len > 4096:
+    # deterministic=False: the fused backward (dQ by fp32 reduce-adds, the consumers
+    # taking turns on it: backward_steps.dq_share) where its kernel took less time than
+    # the two kernels (H200, issue 10 session 10): causal T > 4k with 64-query tiles
+    # (T=16k 0.92x, the gpt2-small shape at T=8k 0.96x) and non-causal T >= 2k with 128
+    # (T=2k 0.91x, 4k 0.87x, 16k 0.87x); causal T <= 4k ran 1.09-1.10x (kept off), T < 2k
+    # is unmeasured.
+    if not deterministic and q_len is not None and (q_len > 4096 if is_causal
+                                                    else q_len >= 2048):
       return MosaicGpuConfig(**forward, bwd_block_q=64 if is_causal else 128, bwd_fused=True)
     return MosaicGpuConfig(**forward, bwd_block_q=128, bwd_persistent=bwd_persistent)
   # Causal, T > 8k, H = 128 and 256: one CTA per work item, which the hardware hands out
@@ -191,7 +200,7 @@ def check_fits(config: MosaicGpuConfig, head_dim: int, dtype,
     raise ValueError(f"MosaicGpuConfig(bwd_fused=True) serves head dims <= 128, not "
                      f"{head_dim}")
   need = fused_smem_bytes(config.bwd_block_q, config.bwd_block_kv, config.bwd_num_stages, h,
-                          itemsize, split_cols=h == 128)
+                          itemsize, fused_dq_share(h))
   if need > SMEM_BYTES:
     raise ValueError(
         f"{config} needs {need} bytes of shared memory for the fused backward at head dim "
