@@ -148,6 +148,23 @@ def test_one_cta_per_work_item():
 
 
 @needs_hopper
+@pytest.mark.parametrize("name", ["full-gqa-ragged", "segments-causal"])
+def test_dq_kernel_own_tiles(name):
+  """The dQ kernel with tiles of its own, unlike the dK/dV kernel's (T and S padded to
+  whole CTAs of both: 256 query rows, 128 key rows): ragged T and S, packing."""
+  _check(CASES[name], config=jflash.MosaicGpuConfig(
+      bwd_block_q=64, bwd_block_kv=64, bwd_dq_block_q=128, bwd_dq_block_kv=128))
+
+
+def test_dq_tiles_validated():
+  """The dQ kernel's own tiles are None (the backward's) or positive multiples of 64."""
+  assert jflash.MosaicGpuConfig(bwd_dq_block_q=None).bwd_dq_block_q is None
+  for bad in (96, 0, 64.0):
+    with pytest.raises(ValueError, match=f"bwd_dq_block_kv={bad!r} must be a positive multiple of 64"):
+      jflash.MosaicGpuConfig(bwd_dq_block_kv=bad)
+
+
+@needs_hopper
 def test_causal_work_in_l2_sections(monkeypatch):
   """Causal work in L2 sections sized for the persistent CTAs' deal, in the forward and
   the persistent dQ kernel: 3 pairs of 2 row blocks, the budget shrunk to 2 pairs' K/V.

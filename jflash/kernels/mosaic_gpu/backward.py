@@ -38,6 +38,7 @@ XLA and routes the register operands through shared memory.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -256,9 +257,12 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   block_q, block_kv, stages = config.bwd_block_q, config.bwd_block_kv, config.bwd_num_stages
   h_pad = kernel_head_dim(h)
   itemsize = jnp.dtype(q.dtype).itemsize
-  # dQ: two consumers unless their Q and dO tiles and the K/V ring overflow shared memory
-  # (H = 256: 256 KiB), then one. dK/dV: past H = 128, one key tile split by dK and dV.
-  consumers_dq = 2 if dq_smem_bytes(2, block_q, block_kv, stages, h_pad, itemsize) <= SMEM_BYTES else 1
+  # dQ: its own tiles where the config gives them; two consumers unless their Q and dO
+  # tiles and the K/V ring overflow shared memory (H = 256: 256 KiB), then one. dK/dV:
+  # past H = 128, one key tile split by dK and dV.
+  dq_block_q, dq_block_kv = config.bwd_dq_block_q or block_q, config.bwd_dq_block_kv or block_kv
+  consumers_dq = (2 if dq_smem_bytes(2, dq_block_q, dq_block_kv, stages, h_pad, itemsize)
+                  <= SMEM_BYTES else 1)
   split = h_pad > 128
   # Fused (bwd_fused; config.check_fits allows it with H <= 128, tiles that fit and
   # deterministic=False): how the consumers share dQ, config.fused_dq_share.
@@ -267,12 +271,13 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
     if split:
       raise ValueError(f"MosaicGpuConfig(bwd_fused=True) serves head dims <= 128, not {h}")
     fused = fused_dq_share(h_pad)
-  if fused:
-    consumers_dq = 1  # no dQ kernel: Q padded to whole query tiles only
-  q_multiple = consumers_dq * block_q
-  kv_multiple = block_kv if split else CONSUMERS * block_kv
-  q, k, v = common.pad_inputs(q, k, v, q_multiple, kv_multiple)
-  do = common.pad(do, q_multiple)
+  # T and S padded to whole CTAs of both kernels (of the dK/dV kernel alone if fused).
+  dq_rows = consumers_dq * dq_block_q  # query rows per dQ CTA
+  kv_multiple = block_kv if split else CONSUMERS * block_kv  # key rows per dK/dV CTA
+  q_pad, kv_pad = ((block_q, kv_multiple) if fused else
+                   (math.lcm(dq_rows, block_q), math.lcm(kv_multiple, dq_block_kv)))
+  q, k, v = common.pad_inputs(q, k, v, q_pad, kv_pad)
+  do = common.pad(do, q_pad)
   t_pad, s_pad = q.shape[1], k.shape[1]
   # Row statistics as [B, N, Tp]; padding rows get lse = +inf, so P = 0 there.
   lse2 = jnp.pad(jnp.swapaxes(lse, 1, 2) * LOG2E, ((0, 0), (0, 0), (0, t_pad - t)),
@@ -287,19 +292,20 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
                 interpret=common.interpret_params() if interpret else None)
   transposed = lambda x: jnp.transpose(x, (0, 2, 3, 1))  # [B, L, heads, H] -> [B, heads, H, L]
 
-  kv_tiles = [(rows_kv, dtype)] + ([((h_pad, block_kv), dtype)] * 2 if interpretable
-                                   else [(rows_kv, dtype)])
+  dq_rows_kv = (dq_block_kv, h_pad)
+  kv_tiles = [(dq_rows_kv, dtype)] + ([((h_pad, dq_block_kv), dtype)] * 2 if interpretable
+                                      else [(dq_rows_kv, dtype)])
   kv_in = (k, transposed(k), transposed(v)) if interpretable else (k, v)
   c = consumers_dq
   extras, names = variants.inputs(spec, operands, batch=b, t_pad=t_pad, s_pad=s_pad,
-                                  rows=q_multiple, cols=block_kv)
+                                  rows=dq_rows, cols=dq_block_kv)
   # Causal dQ work in L2 sections, as in the forward, at H >= 128: measured on an H200
   # (ABAB, BUILD_NOTES issue 10 session 3) 1.02-1.04x at H=128/256, T=2k/4k, and
   # 0.975x at H=64 (query blocks of 256 rows; not understood), where it stays off;
   # 1.02-1.04x at H=192 (session 4); with one CTA per item at T = 16k, sections of one
   # pair 1.03x (H=128) and 1.04x (H=256), and 0.98x at H=64 (session 9).
-  dq_ctas = common.num_ctas(t_pad // q_multiple * n * b, config.bwd_persistent, interpret)
-  dq_l2_group = (common.l2_group(2 * s_pad * h_pad * itemsize, n * b, t_pad // q_multiple,
+  dq_ctas = common.num_ctas(t_pad // dq_rows * n * b, config.bwd_persistent, interpret)
+  dq_l2_group = (common.l2_group(2 * s_pad * h_pad * itemsize, n * b, t_pad // dq_rows,
                                  dq_ctas if config.bwd_persistent else None)
                  if h_pad >= 128 else n * b)
   # Each consumer's S and dP go to the tensor cores together where both fit its
@@ -307,22 +313,25 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   # bf16 (ABAB, BUILD_NOTES issue 10 session 4): H=128 1.09x (T=2k) and 1.04-1.09x
   # (T=16k causal) the one-at-a-time order; H=64's 128-query tiles and H=256 spilled
   # 300-1100 bytes and ran 0.7x and 0.98x; the fused kernel spilled more and ran slower.
-  overlap = h_pad <= 128 and block_q * block_kv <= 64 * 64
+  overlaps = lambda rows, cols: h_pad <= 128 and rows * cols <= 64 * 64
+  overlap = overlaps(block_q, block_kv)
   # The fused kernel overlaps only at H = 64 (64 x 64 tiles: no spills; 0.99x the serial
   # order at T=16k causal, H200, session 9); at H = 128 it spilled and ran 0.4-0.8x
   # (session 4).
   fused_overlap = overlap and (not fused or h_pad == 64)
+  dq_rows_q = (dq_block_q, h_pad)
   dq = None if fused else plgpu.kernel(
-      functools.partial(dq_kernel, consumers=c, names=names, rows=t_pad // q_multiple,
-                        heads=n, batch=b, **params,
-                        l2_group=dq_l2_group, overlap=overlap),
+      functools.partial(dq_kernel, consumers=c, names=names, rows=t_pad // dq_rows,
+                        heads=n, batch=b, **{**params, "block_q": dq_block_q,
+                                             "block_kv": dq_block_kv},
+                        l2_group=dq_l2_group, overlap=overlaps(dq_block_q, dq_block_kv)),
       out_type=jax.ShapeDtypeStruct(q.shape, dtype),
       scratch_types=[
-          (smem((c, *rows_q)), smem((c, *rows_q)), plgpu.SMEM((c, block_q), jnp.float32),
-           plgpu.SMEM((c, block_q), jnp.float32)),
+          (smem((c, *dq_rows_q)), smem((c, *dq_rows_q)),
+           plgpu.SMEM((c, dq_block_q), jnp.float32), plgpu.SMEM((c, dq_block_q), jnp.float32)),
           tuple(plgpu.Barrier(num_barriers=c) for _ in range(4)),
           *common.stream_scratch(kv_tiles, stages, c),
-          smem((c, block_q, block_kv)) if interpretable else None,
+          smem((c, dq_block_q, dq_block_kv)) if interpretable else None,
       ],
       grid=(dq_ctas,),
       grid_names=("cta",), num_threads=c + 1,

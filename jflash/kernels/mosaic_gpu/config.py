@@ -30,6 +30,8 @@ class MosaicGpuConfig:
     bwd_block_q: query rows per tile in the backward (a multiple of 64).
     bwd_block_kv: key rows per tile in the backward (a multiple of 64).
     bwd_num_stages: ring depth of the backward kernels (>= 2).
+    bwd_dq_block_q, bwd_dq_block_kv: the dQ kernel's own query and key rows per tile
+      (multiples of 64), None for `bwd_block_q` and `bwd_block_kv`.
     persistent: the forward runs one CTA per SM over all its work items (else one CTA
       per item).
     bwd_persistent: the same for the dQ and dK/dV kernels.
@@ -51,14 +53,19 @@ class MosaicGpuConfig:
   bwd_block_q: int = 64
   bwd_block_kv: int = 64
   bwd_num_stages: int = 2
+  bwd_dq_block_q: int | None = None
+  bwd_dq_block_kv: int | None = None
   persistent: bool = True
   bwd_persistent: bool = False
   overlap: bool = False
   bwd_fused: bool = False
 
   def __post_init__(self):
-    for name in ("block_q", "block_kv", "bwd_block_q", "bwd_block_kv"):
+    for name in ("block_q", "block_kv", "bwd_block_q", "bwd_block_kv", "bwd_dq_block_q",
+                 "bwd_dq_block_kv"):
       value = getattr(self, name)
+      if value is None and name.startswith("bwd_dq"):
+        continue
       if not isinstance(value, int) or value <= 0 or value % 64:
         raise ValueError(f"MosaicGpuConfig.{name}={value!r} must be a positive multiple of 64")
     for name in ("num_stages", "bwd_num_stages"):
@@ -151,7 +158,11 @@ def default_config(head_dim: int, is_causal: bool, q_len: int | None = None,
   # 1.01-1.02x at 8k and 16k (H = 128, 256). At H = 64 it lost 2-45% (key tiles of 256).
   overlap = not is_causal or (q_len is not None and q_len > 4096)
   if head_dim <= 64:
-    forward = dict(block_q=64, block_kv=128 if is_causal else 256, num_stages=2)
+    # The dQ kernel's tiles: 64 queries by 128 keys (one at a time, no overlap) took
+    # 0.94-0.98x the time of the dK/dV kernel's tiles (H200, issue 10 session 10: T=2k
+    # and 16k, causal and not; with overlap 0.94-1.0x).
+    forward = dict(block_q=64, block_kv=128 if is_causal else 256, num_stages=2,
+                   bwd_dq_block_q=64, bwd_dq_block_kv=128)
     # Causal, T <= 4k: 64-query tiles, whose S and dP overlap in the backward
     # (backward.py), with 3 stages ran 1.10x (T=1k), 1.06x (2k) and 1.02x (4k) the
     # 128-query tiles, and 0.99x at 16k (H200, session 4 of issue 10).
