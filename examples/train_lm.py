@@ -402,9 +402,12 @@ def flops_per_token(args: Args, n_params: int) -> float:
   return 6.0 * n_params + 6.0 * args.layers * args.d_model * args.seq_len
 
 
-def peak_flops() -> float | None:
+def peak_flops(devices: int = 1) -> float | None:
+  """Dense bf16 peak FLOP/s of `devices` devices of the first device's kind (MFU's
+  denominator: tokens/s are counted over all of them), None for an unknown kind."""
   kind = jax.devices()[0].device_kind
-  return next((f for name, f in PEAK_BF16_FLOPS.items() if name in kind), None)
+  peak = next((f for name, f in PEAK_BF16_FLOPS.items() if name in kind), None)
+  return peak and devices * peak
 
 
 def peak_memory_bytes() -> int | None:
@@ -466,7 +469,7 @@ def main(argv=None) -> int:
   out_dir.mkdir(parents=True, exist_ok=True)
   history = {"step": [], "loss": [], "val_step": [], "val_loss": []}
   window, window_start, tok_s = [], time.perf_counter(), None
-  peak = peak_flops()
+  peak = peak_flops(trainer.replicated.mesh.size)
   bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train",
              dynamic_ncols=True, file=sys.stdout, mininterval=2.0)
   for step in bar:
@@ -559,7 +562,7 @@ def bench(args: Args, trainer: Trainer, train_iter, n_params: int) -> int:
       return losses[-1]
     step_s = float(np.median(step_seconds(run, args.bench)))
     tok_s = tokens_per_step / step_s
-    peak = peak_flops()
+    peak = peak_flops(trainer.replicated.mesh.size)
     result.update(step_ms=1e3 * step_s, tokens_per_s=tok_s, loss=float(losses[-1]),
                   peak_memory_bytes=peak_memory_bytes(),
                   mfu=tok_s * flops_per_token(args, n_params) / peak if peak else None)

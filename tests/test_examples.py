@@ -227,3 +227,12 @@ def test_bench_and_profile_step_run_on_cpu(train_lm, capsys, tmp_path):
   assert [l["case"] for l in steps] == [l["case"] for l in traces] == ["plain:xla", "example:xla"]
   assert all(l["step_ms"] > 0 for l in steps)
   assert all(p["busy_ms"] > 0 for l in traces for p in l["processes"].values())
+
+
+def test_mfu_counts_every_device(train_lm, monkeypatch):
+  """MFU's peak is per device times the devices the tokens/s are counted over."""
+  monkeypatch.setattr(train_lm, "PEAK_BF16_FLOPS", {jax.devices()[0].device_kind: 10.0})
+  assert train_lm.peak_flops() == 10.0
+  assert train_lm.peak_flops(2) == 20.0
+  monkeypatch.setattr(train_lm, "PEAK_BF16_FLOPS", {})
+  assert train_lm.peak_flops(2) is None
