@@ -4,11 +4,13 @@ For every (attention, T, batch) case this runs ``train_lm.py --preset gpt2-small
 --bench N`` (3 warm-up steps, then the median of N steps' times: wall clock between step
 completions with the next step already dispatched, ``train_lm.step_seconds``) and prints
 one JSON line per case; a case that runs out of memory
-prints its error. ``--longest`` instead doubles T at batch 1 from 16k until the step
-fails, per attention, to find the longest trainable sequence.
+prints its error. ``--longest`` instead doubles T from 16k until the step fails, per
+attention, to find the longest trainable sequence, at ``--batch-size`` sequences per step
+(default 1; one per device for a data-parallel run, e.g. 2 with ``-- --devices 2``).
 
   python examples/lm_speed.py --cases jflash:2048:8 cudnn:2048:8 xla:2048:8
   python examples/lm_speed.py --longest jflash cudnn --max-seq-len 131072
+  python examples/lm_speed.py --longest jflash --batch-size 2 -- --devices 2
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def main(argv=None) -> int:
   parser.add_argument("--longest", nargs="*", default=[], help="attentions to push to OOM")
   parser.add_argument("--min-seq-len", type=int, default=16384)
   parser.add_argument("--max-seq-len", type=int, default=131072)
+  parser.add_argument("--batch-size", type=int, default=1, help="sequences per step, --longest")
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("extra", nargs="*", help="more train_lm.py flags, after --")
   args = parser.parse_args(argv)
@@ -56,10 +59,11 @@ def main(argv=None) -> int:
   for attention in args.longest:
     t, longest = args.min_seq_len, None
     while t <= args.max_seq_len:
-      if "error" in run(attention, t, 1, 2, args.extra):
+      if "error" in run(attention, t, args.batch_size, 2, args.extra):
         break
       longest, t = t, 2 * t
-    print(json.dumps(dict(attention=attention, longest_trainable_seq_len=longest,
+    print(json.dumps(dict(attention=attention, batch_size=args.batch_size,
+                          longest_trainable_seq_len=longest,
                           tried_up_to=min(t, args.max_seq_len))), flush=True)
   return 0
 
