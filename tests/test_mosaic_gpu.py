@@ -328,13 +328,15 @@ FUSED_CASES = {
 }
 
 
-def _check_fused(case):
-  """`case` with the fused backward: deterministic=False and bwd_fused on the default tiles."""
+def _check_fused(case, **tiles):
+  """`case` with the fused backward: deterministic=False and bwd_fused on the default
+  tiles (with `tiles` replaced)."""
   import dataclasses
   from jflash.kernels.mosaic_gpu.config import default_config, kernel_head_dim
   _, t, _, _, _, h, _, kwargs = case
   config = dataclasses.replace(
-      default_config(kernel_head_dim(h), kwargs.get("is_causal", False), t), bwd_fused=True)
+      default_config(kernel_head_dim(h), kwargs.get("is_causal", False), t), bwd_fused=True,
+      **tiles)
   _check((*case[:-1], {**kwargs, "deterministic": False}), config=config)
 
 
@@ -359,6 +361,18 @@ def test_fused_backward_alternate_share_at_h128(name, monkeypatch):
   jax.clear_caches()  # traces with the default share would be reused
   _check_fused(FUSED_CASES[name])
   assert chosen == [128], chosen
+
+
+# At small T the default causal tiles have 64 queries; past T = 8k the fused default
+# takes 128 (config.default_config): the causal cases again with those.
+@needs_hopper
+@pytest.mark.parametrize("name", ["causal-h48-gqa-ragged", "segments-causal",
+                                  "lengths-offset-causal"])
+def test_fused_backward_causal_128_query_tiles(name):
+  """The fused backward of causal cases (H <= 64) with 128-query tiles (2 stages)."""
+  case = {**FUSED_CASES,
+          "causal-h48-gqa-ragged": (1, 200, 230, 4, 2, 48, BF16, {"is_causal": True})}[name]
+  _check_fused(case, bwd_block_q=128, bwd_num_stages=2)
 
 
 @pytest.mark.gpu

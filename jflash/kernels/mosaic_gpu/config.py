@@ -170,13 +170,17 @@ def default_config(head_dim: int, is_causal: bool, q_len: int | None = None,
       return MosaicGpuConfig(**forward, bwd_block_q=64, bwd_num_stages=3)
     # deterministic=False: the fused backward (dQ by fp32 reduce-adds, the consumers
     # taking turns on it: backward_steps.dq_share) where its kernel took less time than
-    # the two kernels (H200, issue 10 session 10): causal T > 4k with 64-query tiles
-    # (T=16k 0.92x, the gpt2-small shape at T=8k 0.96x) and non-causal T >= 2k with 128
-    # (T=2k 0.91x, 4k 0.87x, 16k 0.87x); causal T <= 4k ran 1.09-1.10x (kept off), T < 2k
-    # is unmeasured.
+    # the two kernels (H200, issue 10 session 10): causal T > 4k (T=16k 0.92x, the
+    # gpt2-small shape at T=8k 0.96x) and non-causal T >= 2k with 128-query tiles (T=2k
+    # 0.91x, 4k 0.87x, 16k 0.87x); causal T <= 4k ran 1.09-1.10x (kept off; 1.17-1.23x
+    # with 2 stages, session 11), T < 2k is unmeasured. Causal query tiles (session 11,
+    # against 64): 128 at T=16k 0.94x (6139, 6163 vs 6607, 6545 µs; cuDNN 6322, 6339),
+    # 16k with 12 heads 0.95x, 32k 0.96x; at T=8k 0.99x with 32 heads but 1.03x with
+    # the gpt2-small shape's 12 (B=2), so 64 up to 8k.
     if not deterministic and q_len is not None and (q_len > 4096 if is_causal
                                                     else q_len >= 2048):
-      return MosaicGpuConfig(**forward, bwd_block_q=64 if is_causal else 128, bwd_fused=True)
+      causal_64 = is_causal and q_len <= 8192
+      return MosaicGpuConfig(**forward, bwd_block_q=64 if causal_64 else 128, bwd_fused=True)
     return MosaicGpuConfig(**forward, bwd_block_q=128, bwd_persistent=bwd_persistent)
   # Causal, T > 8k, H = 128 and 256: one CTA per work item, which the hardware hands out
   # as SMs free up (in L2 sections of one pair, common.l2_group), ran the forward 1.03x
