@@ -5,7 +5,7 @@
 # the LM shape; H=128 cols vs alternate (.gpu/e13 = this tree + env hooks JF_FMODE, JF_DQ_OV);
 # the deterministic dQ kernel overlapped at 64 x 128 (JF_DQ_OV).
 export PYTHONUNBUFFERED=1
-. benchmarks/h200_issue10/session11/summ.sh
+. benchmarks/h200_issue10/session10/summ.sh
 G=64x16384x1,64x16384x0,64x4096x1,64x2048x1,64x2048x0
 F=mosaic_gpu:bwd_fused=1+bwd_block_q=64
 for pass in 1 2; do

@@ -3,7 +3,7 @@
 # branch, as in session 10; only the waits differ) against session 10's lockstep share
 # (.gpu/before11), ABAB with ptxas; the dQ kernel overlapped at 64 x 128 with ptxas (e13).
 export PYTHONUNBUFFERED=1
-. benchmarks/h200_issue10/session11/summ.sh
+. benchmarks/h200_issue10/session10/summ.sh
 G=64x16384x1,64x16384x0,64x2048x0
 for pass in 1 2; do
   for tree in before11 now; do

@@ -4,7 +4,7 @@
 # measurement of these tiles) against the default (64-query tiles at causal T > 4k) and cuDNN.
 # Issue 11: the gpt2-small step with cuDNN, traced, with its optimized HLO (names -> ops).
 export PYTHONUNBUFFERED=1
-. benchmarks/h200_issue10/session11/summ.sh
+. benchmarks/h200_issue10/session10/summ.sh
 F=mosaic_gpu:bwd_fused=1+bwd_block_q=128
 MOSAIC_GPU_DUMP_PTXAS=1 PYTHONPATH=. timeout 120 python .gpu/kb.py mosaic_gpu:nd,$F,cudnn 64x16384x1,64x8192x1,64x4096x1 > $OUT/f128.log 2>&1
 echo "== nd, fused 128-query tiles, cudnn"; summ < $OUT/f128.log

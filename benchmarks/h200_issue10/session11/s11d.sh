@@ -3,7 +3,7 @@
 # 16k 6139 vs 6607 µs with 64-query tiles), second pass and more shapes; 2 stages at T <= 4k.
 # Issue 11: the example's --bench at T=2048 (cuDNN, jflash), three rounds.
 export PYTHONUNBUFFERED=1
-. benchmarks/h200_issue10/session11/summ.sh
+. benchmarks/h200_issue10/session10/summ.sh
 F=mosaic_gpu:bwd_fused=1+bwd_block_q=128+bwd_num_stages=2
 F64=mosaic_gpu:bwd_fused=1+bwd_block_q=64+bwd_num_stages=2
 MOSAIC_GPU_DUMP_PTXAS=1 PYTHONPATH=. timeout 120 python .gpu/kb.py mosaic_gpu:nd,$F,$F64,cudnn 64x16384x1,64x4096x1,64x2048x1 > $OUT/f128b.log 2>&1
