@@ -165,9 +165,12 @@ def default_config(head_dim: int, is_causal: bool, q_len: int | None = None,
                    bwd_dq_block_q=64, bwd_dq_block_kv=128)
     # Causal, T <= 4k: 64-query tiles, whose S and dP overlap in the backward
     # (backward.py), with 3 stages ran 1.10x (T=1k), 1.06x (2k) and 1.02x (4k) the
-    # 128-query tiles, and 0.99x at 16k (H200, session 4 of issue 10).
+    # 128-query tiles, and 0.99x at 16k (H200, session 4 of issue 10); persistent, both
+    # backward kernels took 0.95x (T=1k), 0.97x (2k) and 0.98x (4k) the time of one CTA
+    # per item (session 11, two passes).
     if is_causal and q_len is not None and q_len <= 4096:
-      return MosaicGpuConfig(**forward, bwd_block_q=64, bwd_num_stages=3)
+      return MosaicGpuConfig(**forward, bwd_block_q=64, bwd_num_stages=3,
+                             bwd_persistent=True)
     # deterministic=False: the fused backward (dQ by fp32 reduce-adds, the consumers
     # taking turns on it: backward_steps.dq_share) where its kernel took less time than
     # the two kernels (H200, issue 10 session 10): causal T > 4k (T=16k 0.92x, the
