@@ -25,10 +25,14 @@ for h, t, c in grid:
       att = lambda q, k, v: jflash.attention(q, k, v, is_causal=causal, implementation="mosaic_gpu", deterministic=False)
     else:
       cfg = default_config(kernel_head_dim(h), causal, t)
+      det = None
       for kv in filter(None, var.split("+")):
         key, val = kv.split("=")
+        if key == "det":  # deterministic=True/False explicitly (bwd_fused with det=1: ordered dQ adds)
+          det = val == "1"
+          continue
         cfg = dataclasses.replace(cfg, **{key: (val == "1") if key in ("persistent", "bwd_persistent", "overlap", "bwd_fused") else int(val)})
-      det = not cfg.bwd_fused
+      det = not cfg.bwd_fused if det is None else det
       att = lambda q, k, v, cfg=cfg, det=det: jflash.attention(q, k, v, is_causal=causal, implementation="mosaic_gpu", config=cfg, deterministic=det)
     out = {}
     try:
