@@ -1,7 +1,7 @@
 """The fused backward with deterministic=True (dQ reduce-adds ordered by semaphores):
 gradients against an fp32 XLA reference beside cuDNN's errors (max abs per dq, dk, dv),
 and bitwise equality over 8 runs."""
-import dataclasses, sys, jax, jax.numpy as jnp, numpy as np, jflash
+import dataclasses, jax, jax.numpy as jnp, numpy as np, jflash
 from jflash.kernels.mosaic_gpu.config import default_config
 
 cases = [  # B, T, N, K, H, causal, extra kwargs, bwd_block_q
