@@ -10,6 +10,13 @@ warpgroups that each own 64-row tiles of the other side and accumulate in regist
   query tiles that see them, for every query head of its GQA group (so K and V are
   never repeated and dK, dV are summed over the group on chip). It works on transposed
   tiles: Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, so Pᵀ and dSᵀ feed dV += Pᵀ dO and dK += dSᵀ Q.
+  Past H = 128, where a consumer's registers hold dK or dV of its 64 keys but not both,
+  the two consumers share one key tile: consumer 0 computes Pᵀ and dV, consumer 1 dPᵀ
+  and dK with Pᵀ handed over in fp32 through shared memory (four products per tile,
+  two each; when each consumer recomputed Pᵀ for itself, five, three of them on the
+  dK consumer). On an H200 that cut the backward's kernels at H = 256 to 0.87-0.88x
+  their time (T = 16k causal), 0.82-0.84x (non-causal), 0.92x and 0.86x (T = 2k causal
+  and not), and at H = 192 to 0.90-0.97x and 0.93x (BUILD_NOTES, issue 10 session 12).
 * dQ: a CTA holds 2 * ``bwd_block_q`` queries and streams the key/value tiles they see:
   S = Q Kᵀ, dP = dO Vᵀ, dQ += dS K. (:mod:`.backward_dq`.)
 
@@ -64,7 +71,9 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   # k, v, dk, dv: [B, Sp, K, H]; q, do: [B, Tp, N, H]; lse2, delta: [B, N, Tp];
   # interpretable form: also qt, dot [B, N, H, Tp] (Qᵀ, dOᵀ). With `split` (H > 128,
   # where dK and dV of 64 rows do not both fit one warpgroup's registers) the two
-  # consumers share one key tile: consumer 0 accumulates dV, consumer 1 dK. Then the
+  # consumers share one key tile: consumer 0 computes Pᵀ and dV, consumer 1 dPᵀ and dK
+  # (two products each), Pᵀ handed over in fp32 through shared memory (the last two
+  # scratch entries: [2 slots, keys, queries] and their barriers). Then the
   # variants' inputs (`names`). `heads` are the K key/value heads. With `fused` (how the
   # consumers share dQ, one of backward_steps.DQ_SHARES), a zeroed fp32 dQ accumulator
   # ref follows, [B, Tp, N, H] (interpretable form: one per consumer and key row block,
@@ -75,7 +84,7 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
   lse_ref, delta_ref = rest[-2:]
   ex, rest = variants.split(refs[n_in:], names)
   dq_acc, rest = (rest[0], rest[1:]) if fused else (None, rest)
-  dk_ref, dv_ref, own, own_bars, bufs, full, free, p_smem, done, *dq_scratch = rest
+  dk_ref, dv_ref, own, own_bars, bufs, full, free, p_smem, done, *share_scratch = rest
   k_smem, v_smem = own
   wg = lax.axis_index("wg")
   extents = (q_ref.shape[1], k_ref.shape[1])  # padded T, S
@@ -141,7 +150,8 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         else:
           q_tile, do_tile, lse_tile, delta_tile = tiles
           q_t, do_t = q_tile.T, do_tile.T
-        lse2 = plgpu.load(lse_tile, layout=WGMMA.reduce(0))
+        lse2 = (plgpu.load(lse_tile, layout=WGMMA.reduce(0))
+                if does_dv or not split else None)
         delta = plgpu.load(delta_tile, layout=WGMMA.reduce(0)) if does_dk else None
         # Positions per step, where used (as in backward_dq).
         kv_pos = kv_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
@@ -149,9 +159,37 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, kv_seg, i * block_q, 1,
                                     extents)
                    if masked else None)
-        # Accumulators: the carry (dV if does_dv, then dK if does_dk), Sᵀ, then dPᵀ.
+        # Accumulators: the carry (dV if does_dv, then dK if does_dk), Sᵀ, then dPᵀ
+        # (`split`: the carry, then Sᵀ for consumer 0 or dPᵀ for consumer 1).
         dv_i, dk_i = 0, len(carry) - 1
         s_i, dp_i = len(carry), len(carry) + 1
+
+        def split_products(mm):
+          # Consumer 0 (dV): Sᵀ, Pᵀ (times dz/ds with soft-cap) to consumer 1, dV += Pᵀ dO.
+          # Consumer 1 (dK): dPᵀ, then dSᵀ from consumer 0's Pᵀ, dK += dSᵀ Q.
+          p_share, handed = share_scratch
+          here = p_share.at[lax.rem(t, jnp.int32(p_share.shape[0]))]
+          barrier = handed.at[lax.rem(t, jnp.int32(p_share.shape[0]))]
+          fresh_i = len(carry)
+          if does_dv:
+            mm.mma(fresh_i, k_tile, q_t)
+            p_t, dz = steps.probabilities(mm.get(fresh_i, wait_n=0), lse2, scale=scale,
+                                          score_mod=score_mod, q_pos=q_pos + pos.offset,
+                                          kv_pos=kv_pos, lse_dim=1, visible=visible)
+            here[...] = p_t if dz is None else p_t * dz
+            # Both arrive and wait: consumer 1 reads the slot before it arrives at the
+            # next entry's barrier, so the slot is free when this one rewrites it.
+            plgpu.barrier_arrive(barrier)
+            plgpu.barrier_wait(barrier)
+            mm.mma(dv_i, p_t.astype(q_ref.dtype), do_tile)
+            return
+          mm.mma(fresh_i, v_tile, do_t)
+          dp_t = mm.get(fresh_i, wait_n=0)
+          plgpu.barrier_arrive(barrier)
+          plgpu.barrier_wait(barrier)
+          pz_t = plgpu.load(here, layout=WGMMA)
+          ds_t = steps.score_grads(pz_t, dp_t, delta, None, 1).astype(q_ref.dtype)
+          mm.mma(dk_i, ds_t, q_tile)
 
         def products(mm):
           # With `overlap`, Sᵀ and dPᵀ go to the tensor cores together; Pᵀ is computed
@@ -174,12 +212,16 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
           mm.mma(dk_i, ds_t, q_tile)
           if fused:
             at = (b, pl.ds(i * block_q, block_q), kv_head * groups + g)
-            steps.dq_share(ds_t, wg, t, k_smem, *dq_scratch,
+            steps.dq_share(ds_t, wg, t, k_smem, *share_scratch,
                            dq_out=dq_acc.at[(writer, *at) if interpretable else at],
                            mode=fused, interpretable=interpretable)
 
-        out = steps.pipelined(products, carry, [shape] * (1 + does_dk),
-                              asynchronous=overlap and not interpretable, a_smem=a_smem)
+        if split:
+          out = steps.pipelined(split_products, carry, [shape], asynchronous=False,
+                                a_smem=a_smem)
+        else:
+          out = steps.pipelined(products, carry, [shape] * (1 + does_dk),
+                                asynchronous=overlap and not interpretable, a_smem=a_smem)
         stream.release(slot)
         return tuple(out)
 
@@ -346,13 +388,16 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   own = 1 if split else CONSUMERS
   extras, names = variants.inputs(spec, operands, batch=b, t_pad=t_pad, s_pad=s_pad,
                                   rows=kv_multiple, cols=block_q, transpose=True)
-  fused_scratch = []
+  share_scratch = []
+  if split:  # consumer 0's Pᵀ for consumer 1, in two slots by entry parity
+    share_scratch = [common.smem((2, block_kv, block_q), jnp.float32),
+                     plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=2)]
   if fused:  # the zeroed fp32 dQ accumulator (interpretable: a slice per writer), dS, dQ
     writers = (s_pad // kv_multiple * CONSUMERS,) if interpretable else ()
     dq_acc = jnp.zeros((*writers, *q.shape), jnp.float32)
     ds_tile = (block_q, block_kv) if interpretable else (block_kv, block_q)
     dq_cols = h_pad // 2 if fused == "cols" else h_pad
-    fused_scratch = [smem((2, CONSUMERS, *ds_tile), swizzle=swizzle_bytes(h_pad, dtype)),
+    share_scratch = [smem((2, CONSUMERS, *ds_tile), swizzle=swizzle_bytes(h_pad, dtype)),
                      common.smem((CONSUMERS, block_q, dq_cols), jnp.float32),
                      plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=2)]
   # Causal dK/dV work in L2 sections of the pairs whose Q and dO fit (common.l2_group),
@@ -376,7 +421,7 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
           *common.stream_scratch(q_tiles, stages, CONSUMERS),
           smem((CONSUMERS, block_kv, block_q)) if interpretable else None,
           plgpu.Barrier(num_arrivals=CONSUMERS),
-          *fused_scratch,
+          *share_scratch,
       ],
       grid=(dkv_ctas,),
       grid_names=("cta",),
