@@ -35,10 +35,11 @@ CASES = {
     "window-softcap": (1, 192, 160, 2, 2, 64, BF16,
                        {"local_window_size": (50, 20), "logits_soft_cap": 8.0}),
     "causal-offset-h80": (1, 64, 160, 1, 1, 80, BF16, {"is_causal": True, "q_offset": 128}),
-    # H > 128: dK and dV split between the consumers (consumer 0 hands Pᵀ to consumer 1;
-    # with soft-cap, times its derivative), one dQ consumer.
+    # H = 256 (250 padded): the two consumers of each kernel share one tile (consumer 0
+    # hands P, with soft-cap times its derivative, to consumer 1; in the dQ kernel dS
+    # comes back and each adds half of dQ's columns).
     "causal-h256-split": (1, 70, 100, 2, 1, 256, BF16, {"is_causal": True}),
-    "h160-gqa-window-softcap": (1, 70, 90, 4, 2, 160, BF16,
+    "h250-gqa-window-softcap": (1, 70, 90, 4, 2, 250, BF16,
                                 {"local_window_size": (40, 30), "logits_soft_cap": 5.0}),
     # Runtime positions: per-batch offsets and lengths (a fully padded batch row too).
     "lengths-offset-causal": (3, 140, 200, 2, 1, 64, BF16, {

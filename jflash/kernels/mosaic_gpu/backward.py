@@ -18,7 +18,10 @@ warpgroups that each own 64-row tiles of the other side and accumulate in regist
   their time (T = 16k causal), 0.82-0.84x (non-causal), 0.92x and 0.86x (T = 2k causal
   and not), and at H = 192 to 0.90-0.97x and 0.93x (BUILD_NOTES, issue 10 session 12).
 * dQ: a CTA holds 2 * ``bwd_block_q`` queries and streams the key/value tiles they see:
-  S = Q Kᵀ, dP = dO Vᵀ, dQ += dS K. (:mod:`.backward_dq`.)
+  S = Q Kᵀ, dP = dO Vᵀ, dQ += dS K. (:mod:`.backward_dq`; at H = 256, where two
+  consumers' own tiles do not fit shared memory, both share one query tile, P handed
+  from one to the other; against one consumer, the backward's kernels took 0.95x the
+  time at T = 16k causal, 0.96x at 2k causal, 0.98-1.01x non-causal: H200, session 12.)
 
 * fused (``MosaicGpuConfig(bwd_fused=True)`` with ``deterministic=False``, H <= 128;
   the default with deterministic=False at H <= 64 for causal T > 4k and non-causal
@@ -299,12 +302,16 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   block_q, block_kv, stages = config.bwd_block_q, config.bwd_block_kv, config.bwd_num_stages
   h_pad = kernel_head_dim(h)
   itemsize = jnp.dtype(q.dtype).itemsize
-  # dQ: its own tiles where the config gives them; two consumers unless their Q and dO
-  # tiles and the K/V ring overflow shared memory (H = 256: 256 KiB), then one. dK/dV:
-  # past H = 128, one key tile split by dK and dV.
+  # dQ: its own tiles where the config gives them; two consumers, each with its own
+  # query tile, unless their Q and dO tiles and the K/V ring overflow shared memory (H =
+  # 256: 256 KiB); then two consumers sharing one query tile (`dq_split`: P handed
+  # over), or one if even that does not fit. dK/dV: past H = 128, one key tile
+  # split by dK and dV.
   dq_block_q, dq_block_kv = config.bwd_dq_block_q or block_q, config.bwd_dq_block_kv or block_kv
-  consumers_dq = (2 if dq_smem_bytes(2, dq_block_q, dq_block_kv, stages, h_pad, itemsize)
-                  <= SMEM_BYTES else 1)
+  fits = lambda c, split=False: dq_smem_bytes(c, dq_block_q, dq_block_kv, stages, h_pad,
+                                              itemsize, split) <= SMEM_BYTES
+  dq_split = not fits(2) and fits(2, split=True)
+  consumers_dq = 2 if fits(2) or dq_split else 1
   split = h_pad > 128
   # Fused (bwd_fused; config.check_fits allows it with H <= 128, tiles that fit and
   # deterministic=False): how the consumers share dQ, config.fused_dq_share.
@@ -314,7 +321,7 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
       raise ValueError(f"MosaicGpuConfig(bwd_fused=True) serves head dims <= 128, not {h}")
     fused = fused_dq_share(h_pad)
   # T and S padded to whole CTAs of both kernels (of the dK/dV kernel alone if fused).
-  dq_rows = consumers_dq * dq_block_q  # query rows per dQ CTA
+  dq_rows = (1 if dq_split else consumers_dq) * dq_block_q  # query rows per dQ CTA
   kv_multiple = block_kv if split else CONSUMERS * block_kv  # key rows per dK/dV CTA
   q_pad, kv_pad = ((block_q, kv_multiple) if fused else
                    (math.lcm(dq_rows, block_q), math.lcm(kv_multiple, dq_block_kv)))
@@ -362,18 +369,27 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   # (session 4).
   fused_overlap = overlap and (not fused or h_pad == 64)
   dq_rows_q = (dq_block_q, h_pad)
+  own_q = 1 if dq_split else c  # the dQ CTA's own query tiles
   dq = None if fused else plgpu.kernel(
       functools.partial(dq_kernel, consumers=c, names=names, rows=t_pad // dq_rows,
                         heads=n, batch=b, **{**params, "block_q": dq_block_q,
                                              "block_kv": dq_block_kv},
-                        l2_group=dq_l2_group, overlap=overlaps(dq_block_q, dq_block_kv)),
+                        l2_group=dq_l2_group, overlap=overlaps(dq_block_q, dq_block_kv),
+                        split=dq_split),
       out_type=jax.ShapeDtypeStruct(q.shape, dtype),
       scratch_types=[
-          (smem((c, *dq_rows_q)), smem((c, *dq_rows_q)),
-           plgpu.SMEM((c, dq_block_q), jnp.float32), plgpu.SMEM((c, dq_block_q), jnp.float32)),
-          tuple(plgpu.Barrier(num_barriers=c) for _ in range(4)),
+          (smem((own_q, *dq_rows_q)), smem((own_q, *dq_rows_q)),
+           plgpu.SMEM((own_q, dq_block_q), jnp.float32),
+           plgpu.SMEM((own_q, dq_block_q), jnp.float32)),
+          tuple(plgpu.Barrier(num_barriers=own_q) for _ in range(4)),
           *common.stream_scratch(kv_tiles, stages, c),
           smem((c, dq_block_q, dq_block_kv)) if interpretable else None,
+          # dq_split: P (fp32) handed over in two slots by entry parity, their barriers,
+          # and one to sync the consumers around the shared tiles.
+          *([common.smem((2, dq_block_q, dq_block_kv), jnp.float32),
+             plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=2),
+             plgpu.Barrier(num_arrivals=CONSUMERS)]
+            if dq_split else []),
       ],
       grid=(dq_ctas,),
       grid_names=("cta",), num_threads=c + 1,

@@ -5,6 +5,11 @@ own 64-row tiles of Q, dO, lse and delta) and streams the key/value tiles they s
 producer warpgroup: S = Q Kᵀ, dP = dO Vᵀ, P recomputed from lse, dS = P (dP - delta),
 dQ += dS K (FlashAttention-2's backward, Dao 2023, Algorithm 2, the dQ half). No CTA
 writes what another accumulates, so dQ is bitwise reproducible.
+
+With `split` (H = 256, where two consumers' own Q and dO tiles and the K/V ring overflow
+shared memory) the two consumers share one query tile: consumer 0 computes S and P and
+hands P (fp32) to consumer 1 through shared memory (two slots by entry parity), while
+consumer 1 computes dP; consumer 1 then forms dS and accumulates dQ += dS K.
 """
 
 from __future__ import annotations
@@ -24,13 +29,13 @@ WGMMA = steps.WGMMA
 def dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
                score_mod: ScoreMod, block_q: int, block_kv: int, stages: int, groups: int,
                rows: int, heads: int, batch: int, interpretable: bool, consumers: int,
-               l2_group: int, overlap: bool):
+               l2_group: int, overlap: bool, split: bool = False):
   # q, do, dq: [B, Tp, N, H]; lse2, delta: [B, N, Tp]; k, v: [B, Sp, K, H]; interpretable
   # form: kt, vt [B, K, H, Sp] (Kᵀ, Vᵀ) instead of v; then the variants' inputs (`names`).
   n_in = 7 if interpretable else 6
   q_ref, do_ref, lse_ref, delta_ref, *kv_refs = refs[:n_in]
   ex, rest = variants.split(refs[n_in:], names)
-  dq_ref, own, own_bars, bufs, full, free, ds_smem = rest
+  dq_ref, own, own_bars, bufs, full, free, ds_smem, *shared = rest
   q_smem, do_smem, lse_smem, delta_smem = own
   wg = lax.axis_index("wg")
   extents = (q_ref.shape[1], kv_refs[0].shape[1])  # padded T, S
@@ -43,25 +48,44 @@ def dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
     i, head, b = common.work_item(item_index(k), rows=rows, heads=heads, batch=batch,
                                   row_major=spec.is_causal, reverse=True, group=l2_group)
     pos = ex.positions(spec, b)
-    cta_start = i * (consumers * block_q)
+    rows_per_cta = block_q if split else consumers * block_q
+    cta_start = i * rows_per_cta
     return head, b, cta_start, pos, variants.schedule_of(
-        spec, ex, pos, b=b, row=i, start=cta_start, rows=consumers * block_q, cols=block_kv)
+        spec, ex, pos, b=b, row=i, start=cta_start, rows=rows_per_cta, cols=block_kv)
+
+  def sync_consumers():
+    done = shared[-1]
+    plgpu.barrier_arrive(done)
+    plgpu.barrier_wait(done)
 
   def consume_item(base, head, b, cta_start, pos, sched):
     """One consumer's work on a work item whose stream entries start at `base`."""
-    q_start = cta_start + wg * block_q
+    own_slot = 0 if split else wg
+    q_start = cta_start + (0 if split else wg * block_q)
     rows_ = pl.ds(q_start, block_q)
-    q_tile, do_tile = q_smem.at[wg], do_smem.at[wg]
+    q_tile, do_tile = q_smem.at[own_slot], do_smem.at[own_slot]
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last item's dQ store read q_tile
-    steps.load_own([(q_ref.at[b, rows_, head], q_tile), (do_ref.at[b, rows_, head], do_tile),
-               (lse_ref.at[b, head, rows_], lse_smem.at[wg]),
-               (delta_ref.at[b, head, rows_], delta_smem.at[wg])], own_bars, wg)
-    lse2 = plgpu.load(lse_smem.at[wg], layout=WGMMA.reduce(1))
-    delta = plgpu.load(delta_smem.at[wg], layout=WGMMA.reduce(1))
+    copies = [(q_ref.at[b, rows_, head], q_tile), (do_ref.at[b, rows_, head], do_tile),
+              (lse_ref.at[b, head, rows_], lse_smem.at[own_slot]),
+              (delta_ref.at[b, head, rows_], delta_smem.at[own_slot])]
+    if split:  # consumer 0 loads the shared tiles once both are past the last item's
+      sync_consumers()
+
+      @pl.when(wg == 0)
+      def _load():
+        for (src, dst), bar in zip(copies, own_bars):
+          plgpu.copy_gmem_to_smem(src, dst, bar.at[0])
+
+      for bar in own_bars:
+        plgpu.barrier_wait(bar.at[0])
+    else:
+      steps.load_own(copies, own_bars, wg)
+    lse2 = plgpu.load(lse_smem.at[own_slot], layout=WGMMA.reduce(1))
+    delta = plgpu.load(delta_smem.at[own_slot], layout=WGMMA.reduce(1))
     shape = (block_q, block_kv)
     q_seg = (ex.segment_ids("q_seg", b, q_start, block_q, 0) if spec.segment_ids else None)
 
-    def step(e, j, dq, masked):
+    def step(e, j, dq, masked, role=None):
       tiles, slot = stream.wait(e)
       if interpretable:
         k_tile, k_t, v_t = tiles
@@ -88,16 +112,56 @@ def dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         ds = steps.score_grads(p, mm.get(2, wait_n=0), delta, dz, 0)
         mm.mma(0, ds.astype(q_ref.dtype), k_tile)
 
-      (dq,) = steps.pipelined(products, (dq,), [shape] * 2,
-                              asynchronous=overlap and not interpretable,
-                              a_smem=ds_smem.at[wg] if interpretable else None)
+      def split_products(mm):  # accumulators: consumer 0: S; consumer 1: dQ, dP
+        p_share, handed, _ = shared
+        here = p_share.at[lax.rem(e, jnp.int32(p_share.shape[0]))]
+        barrier = handed.at[lax.rem(e, jnp.int32(p_share.shape[0]))]
+        if role == 0:  # S, then P (times dz/ds with soft-cap) to consumer 1
+          mm.mma(0, q_tile, k_t)
+          p, dz = steps.probabilities(mm.get(0, wait_n=0), lse2, scale=scale,
+                                      score_mod=score_mod, q_pos=q_pos + pos.offset,
+                                      kv_pos=kv_pos, lse_dim=0, visible=visible)
+          here[...] = p if dz is None else p * dz
+          # Both arrive and wait: consumer 1 loads the slot before it arrives at the
+          # next entry's barrier, so the slot is free when this one rewrites it.
+          plgpu.barrier_arrive(barrier)
+          plgpu.barrier_wait(barrier)
+          return
+        mm.mma(1, do_tile, v_t)
+        dp = mm.get(1, wait_n=0)
+        plgpu.barrier_arrive(barrier)
+        plgpu.barrier_wait(barrier)
+        ds = steps.score_grads(plgpu.load(here, layout=WGMMA), dp, delta, None, 0)
+        mm.mma(0, ds.astype(q_ref.dtype), k_tile)
+
+      a_smem = ds_smem.at[own_slot if split else wg] if interpretable else None
+      if split:
+        dq = steps.pipelined(split_products, dq, [shape], asynchronous=False, a_smem=a_smem)
+      else:
+        (dq,) = steps.pipelined(products, (dq,), [shape] * 2,
+                                asynchronous=overlap and not interpretable, a_smem=a_smem)
       stream.release(slot)
       return dq
 
-    dq = plgpu.layout_cast(jnp.zeros(q_tile.shape, jnp.float32), WGMMA)
     mine = variants.own_tiles(spec, sched, pos, q_start, block_q, block_kv)
-    dq = sched.consume(mine, step, stream.skip, dq, base=base)
-    steps.store_own([((dq * scale).astype(q_ref.dtype), q_tile, dq_ref.at[b, rows_, head])])
+    if not split:
+      dq = plgpu.layout_cast(jnp.zeros(q_tile.shape, jnp.float32), WGMMA)
+      dq = sched.consume(mine, step, stream.skip, dq, base=base)
+      steps.store_own([((dq * scale).astype(q_ref.dtype), q_tile, dq_ref.at[b, rows_, head])])
+      return base + sched.count
+    for role in range(2):  # static roles, one branch per consumer; the carry is
+      # consumer 1's dQ (consumer 0 carries nothing)
+
+      @pl.when(wg == role)
+      def _consume():
+        dq = (() if role == 0 else
+              (plgpu.layout_cast(jnp.zeros(q_tile.shape, jnp.float32), WGMMA),))
+        dq = sched.consume(mine, lambda *a, **kw: step(*a, **kw, role=role), stream.skip,
+                           dq, base=base)
+        sync_consumers()  # consumer 0 is done with the Q tile, which stages dQ's store
+        if role == 1:
+          steps.store_own([((dq[0] * scale).astype(q_ref.dtype), q_tile,
+                            dq_ref.at[b, rows_, head])])
     return base + sched.count
 
   def produce_item(k, base):

@@ -112,9 +112,14 @@ def forward_q_buffers(config: MosaicGpuConfig, head_dim: int, itemsize: int) -> 
 
 
 def dq_smem_bytes(consumers: int, block_q: int, block_kv: int, stages: int, head_dim: int,
-                  itemsize: int) -> int:
-  """Shared memory of the native dQ kernel: Q, dO, lse, delta per consumer, the K/V ring."""
+                  itemsize: int, split: bool = False) -> int:
+  """Shared memory of the native dQ kernel: Q, dO, lse, delta per consumer (one set
+  with `split`, plus the P (fp32) and dS tiles the two consumers hand over), the K/V
+  ring."""
   own = consumers * (2 * block_q * head_dim * itemsize + 2 * block_q * 4)
+  if split:
+    own = (2 * block_q * head_dim * itemsize + 2 * block_q * 4
+           + block_q * block_kv * (4 + itemsize))
   return own + 2 * stages * block_kv * head_dim * itemsize + 1024
 
 
