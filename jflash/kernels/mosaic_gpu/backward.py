@@ -170,27 +170,18 @@ def _dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         def split_products(mm):
           # Consumer 0 (dV): Sᵀ, Pᵀ (times dz/ds with soft-cap) to consumer 1, dV += Pᵀ dO.
           # Consumer 1 (dK): dPᵀ, then dSᵀ from consumer 0's Pᵀ, dK += dSᵀ Q.
-          p_share, handed = share_scratch
-          here = p_share.at[lax.rem(t, jnp.int32(p_share.shape[0]))]
-          barrier = handed.at[lax.rem(t, jnp.int32(p_share.shape[0]))]
           fresh_i = len(carry)
           if does_dv:
             mm.mma(fresh_i, k_tile, q_t)
             p_t, dz = steps.probabilities(mm.get(fresh_i, wait_n=0), lse2, scale=scale,
                                           score_mod=score_mod, q_pos=q_pos + pos.offset,
                                           kv_pos=kv_pos, lse_dim=1, visible=visible)
-            here[...] = p_t if dz is None else p_t * dz
-            # Both arrive and wait: consumer 1 reads the slot before it arrives at the
-            # next entry's barrier, so the slot is free when this one rewrites it.
-            plgpu.barrier_arrive(barrier)
-            plgpu.barrier_wait(barrier)
+            steps.hand_over(*share_scratch, t, p_t if dz is None else p_t * dz)
             mm.mma(dv_i, p_t.astype(q_ref.dtype), do_tile)
             return
           mm.mma(fresh_i, v_tile, do_t)
           dp_t = mm.get(fresh_i, wait_n=0)
-          plgpu.barrier_arrive(barrier)
-          plgpu.barrier_wait(barrier)
-          pz_t = plgpu.load(here, layout=WGMMA)
+          pz_t = steps.hand_over(*share_scratch, t)
           ds_t = steps.score_grads(pz_t, dp_t, delta, None, 1).astype(q_ref.dtype)
           mm.mma(dk_i, ds_t, q_tile)
 

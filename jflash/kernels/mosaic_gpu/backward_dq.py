@@ -114,24 +114,16 @@ def dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
       def split_products(mm):  # accumulators: consumer 0: S; consumer 1: dQ, dP
         p_share, handed, _ = shared
-        here = p_share.at[lax.rem(e, jnp.int32(p_share.shape[0]))]
-        barrier = handed.at[lax.rem(e, jnp.int32(p_share.shape[0]))]
         if role == 0:  # S, then P (times dz/ds with soft-cap) to consumer 1
           mm.mma(0, q_tile, k_t)
           p, dz = steps.probabilities(mm.get(0, wait_n=0), lse2, scale=scale,
                                       score_mod=score_mod, q_pos=q_pos + pos.offset,
                                       kv_pos=kv_pos, lse_dim=0, visible=visible)
-          here[...] = p if dz is None else p * dz
-          # Both arrive and wait: consumer 1 loads the slot before it arrives at the
-          # next entry's barrier, so the slot is free when this one rewrites it.
-          plgpu.barrier_arrive(barrier)
-          plgpu.barrier_wait(barrier)
+          steps.hand_over(p_share, handed, e, p if dz is None else p * dz)
           return
         mm.mma(1, do_tile, v_t)
         dp = mm.get(1, wait_n=0)
-        plgpu.barrier_arrive(barrier)
-        plgpu.barrier_wait(barrier)
-        ds = steps.score_grads(plgpu.load(here, layout=WGMMA), dp, delta, None, 0)
+        ds = steps.score_grads(steps.hand_over(p_share, handed, e), dp, delta, None, 0)
         mm.mma(0, ds.astype(q_ref.dtype), k_tile)
 
       a_smem = ds_smem.at[own_slot if split else wg] if interpretable else None

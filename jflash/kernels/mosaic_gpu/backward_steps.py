@@ -185,6 +185,21 @@ def dq_share(ds_t, wg, t, k_smem, ds_smem, dq_smem, ready, dq_out, *, mode: str,
       reduce_add(matmul(*pairs[0], shape, more=pairs[1:]), dq_out.at[:, cols])
 
 
+def hand_over(share, handed, t, value=None):
+  """Two consumers' lock-step handover of an fp32 tile through shared memory, at stream
+  entry `t`: the giver (`value` given) stores it in slot t % 2 of `share` ([2, rows,
+  cols]); both arrive on and wait for that slot's barrier (`handed`, 2 arrivals); the
+  taker (`value` None) gets the tile back in the WGMMA layout. The giver rewrites a slot
+  two entries later, after the next entry's barrier, which the taker reaches only once
+  it has loaded the slot."""
+  slot = lax.rem(t, jnp.int32(share.shape[0]))
+  if value is not None:
+    share.at[slot][...] = value
+  plgpu.barrier_arrive(handed.at[slot])
+  plgpu.barrier_wait(handed.at[slot])
+  return None if value is not None else plgpu.load(share.at[slot], layout=WGMMA)
+
+
 def load_own(copies, barriers, wg):
   """Consumer: TMA-loads its own tiles (src, dst pairs), one barrier each, and waits."""
   for (src, dst), barrier in zip(copies, barriers):
