@@ -114,12 +114,11 @@ def forward_q_buffers(config: MosaicGpuConfig, head_dim: int, itemsize: int) -> 
 def dq_smem_bytes(consumers: int, block_q: int, block_kv: int, stages: int, head_dim: int,
                   itemsize: int, split: bool = False) -> int:
   """Shared memory of the native dQ kernel: Q, dO, lse, delta per consumer (one set
-  with `split`, plus the P (fp32) and dS tiles the two consumers hand over), the K/V
+  with `split`, plus the two slots of the fp32 P tile the consumers hand over), the K/V
   ring."""
   own = consumers * (2 * block_q * head_dim * itemsize + 2 * block_q * 4)
   if split:
-    own = (2 * block_q * head_dim * itemsize + 2 * block_q * 4
-           + block_q * block_kv * (4 + itemsize))
+    own = 2 * block_q * head_dim * itemsize + 2 * block_q * 4 + 2 * block_q * block_kv * 4
   return own + 2 * stages * block_kv * head_dim * itemsize + 1024
 
 
