@@ -1,7 +1,8 @@
 """The example LM: the tiny preset's loss falls on CPU and resumes from a checkpoint; its
 embedding gradients are float32, weight decay reaches only the weight matrices, gradient
 accumulation equals one larger batch, and data parallelism over 4 host devices (the
-conftest's XLA_FLAGS) trains like one device at equal global batch; --bench times a
+conftest's XLA_FLAGS) trains like one device at equal global batch; the GELU keeps only
+its input for the backward and --triton-gemm reaches the step's XLA options; --bench times a
 median step with the next step in flight; benchmarks/lm/profile_step.py runs on CPU."""
 
 from __future__ import annotations
@@ -79,6 +80,29 @@ def test_deterministic_backward_flag(train_lm):
                           for m in layers)
 
 
+def test_triton_gemm_flag_reaches_the_step(train_lm):
+  """--triton-gemm: off by default, on with --attention xla, the flag wins; the training
+  step compiles with step_compiler_options (a misspelt option fails its compile, so the
+  options do reach XLA)."""
+  assert _tiny(train_lm).triton_gemm is False
+  assert _tiny(train_lm, "--attention", "xla").triton_gemm is True
+  assert _tiny(train_lm, "--attention", "xla", "--no-triton-gemm").triton_gemm is False
+  assert train_lm.step_compiler_options(_tiny(train_lm, "--triton-gemm")) == {
+      "xla_gpu_enable_triton_gemm": True}
+  args = _tiny(train_lm, "--layers", "1")
+  tokens = np.zeros((1, args.batch_size, args.seq_len), np.int32)
+  for options, fails in (({"xla_gpu_enable_triton_gemmm": False}, True),
+                         (train_lm.step_compiler_options(args), False)):
+    model = train_lm.GPT(args, nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, train_lm.make_tx(args, 1e-3), wrt=nnx.Param)
+    trainer = train_lm.Trainer(model, optimizer, train_lm.make_mesh(args), options)
+    if fails:
+      with pytest.raises(Exception, match="xla_gpu_enable_triton_gemmm"):
+        trainer.step(tokens, tokens)
+    else:
+      assert np.isfinite(float(trainer.step(tokens, tokens)))
+
+
 def test_embedding_gradients_are_float32(train_lm):
   """The token and position tables' gradients against a float64 scatter-add.
 
@@ -109,6 +133,30 @@ def test_embedding_gradients_are_float32(train_lm):
   assert rel(got_tok[32], want_tok[32]) < 1e-5, rel(got_tok[32], want_tok[32])
   assert rel(got_tok, want_tok) < 1e-5
   assert rel(got_pos, want_pos) < 1e-5
+
+
+def test_gelu_keeps_only_its_input(train_lm):
+  """The example's GELU: values bitwise those of jax.nn.gelu (tanh approximation);
+  gradients those of differentiating jax.nn.gelu in float32 (float32 input: to 1e-6;
+  bf16 input: to bf16's rounding of the result); one residual, its input."""
+  x = jnp.linspace(-8.0, 8.0, 4001, dtype=jnp.float32)
+  want_grad = jax.grad(lambda x: jax.nn.gelu(x, approximate=True).sum())
+  for dtype in (jnp.float32, jnp.bfloat16):
+    xd = x.astype(dtype)
+    np.testing.assert_array_equal(np.asarray(train_lm.gelu(xd), np.float32),
+                                  np.asarray(jax.nn.gelu(xd, approximate=True), np.float32))
+    out, vjp = jax.vjp(train_lm.gelu, xd)
+    dy = jnp.cos(x).astype(dtype)  # a cotangent that is not all ones
+    (got,) = vjp(dy)
+    assert got.dtype == dtype
+    want = want_grad(xd.astype(jnp.float32)) * dy.astype(jnp.float32)
+    tol = 1e-6 if dtype == jnp.float32 else 2.0 ** -8
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol, atol=tol)
+    residuals = [r for r in jax.tree.leaves(vjp) if getattr(r, "shape", ()) == x.shape]
+    assert len(residuals) == 1 and residuals[0].dtype == dtype, residuals
+  # The check above can fail: jax.nn.gelu itself keeps more than its input.
+  _, vjp = jax.vjp(lambda x: jax.nn.gelu(x, approximate=True), x.astype(jnp.bfloat16))
+  assert len([r for r in jax.tree.leaves(vjp) if getattr(r, "shape", ()) == x.shape]) > 1
 
 
 def test_weight_decay_only_on_weight_matrices(train_lm):

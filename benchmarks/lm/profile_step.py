@@ -112,7 +112,9 @@ def example_step_fn(args: train_lm.Args, module=train_lm):
   model = module.GPT(args, nnx.Rngs(args.seed))
   if hasattr(module, "make_mesh"):
     optimizer = nnx.Optimizer(model, module.make_tx(args, args.lr), wrt=nnx.Param)
-    trainer = module.Trainer(model, optimizer, module.make_mesh(args))
+    options = (module.step_compiler_options(args)
+               if hasattr(module, "step_compiler_options") else None)
+    trainer = module.Trainer(model, optimizer, module.make_mesh(args), options)
     put = lambda x: jax.device_put(x, trainer._micro_batches)  # pylint: disable=protected-access
   else:
     tx = optax.chain(optax.clip_by_global_norm(1.0),
