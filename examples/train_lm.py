@@ -9,7 +9,10 @@ first N) with JAX's sharding. The default corpus is the Python standard library'
 source files; ``--data PATH`` takes any text file or directory.
 
 ``--attention {jflash,xla,cudnn}`` swaps only the attention (jflash's kernels, or
-``jax.nn.dot_product_attention`` with that implementation); everything else is identical.
+``jax.nn.dot_product_attention`` with that implementation); everything else is identical,
+except that the step's matrix multiplies run on cuBLAS unless ``--triton-gemm`` (the
+default with ``--attention xla``, whose step at T=8192, B=2 ran out of an H200's memory
+without XLA's Triton fusions) lets XLA fuse them into Triton GEMM kernels.
 
 Examples::
 
@@ -131,8 +134,8 @@ def parse_args(argv=None) -> Args:
                       help="let XLA turn the step's matrix multiplies into Triton GEMM "
                       "fusions, as it does by default. Default: off (cuBLAS for every "
                       "product, ~0.9%% faster gpt2-small step on an H200) except with "
-                      "--attention xla, whose T x T products need the fusions' memory "
-                      "savings (T=8192, B=2 ran out of an H200's memory without them)")
+                      "--attention xla, whose step at T=8192, B=2 ran out of an H200's "
+                      "memory without the fusions")
   ns = vars(parser.parse_args(argv))
   if ns["triton_gemm"] is None:
     ns["triton_gemm"] = ns["attention"] == "xla"
