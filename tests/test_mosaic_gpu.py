@@ -305,6 +305,36 @@ def test_interpretable_form_runs_natively(name):
     assert max_err(interp, native) <= 2e-2 * scale, name_
 
 
+def test_race_in_the_first_backward_kernel_is_reported(monkeypatch):
+  """Interpret mode keeps the race record of the last kernel it ran only, so the dQ
+  kernel's is checked before the dK/dV kernel starts. Here the dQ kernel's consumer 1
+  takes the P handed to it without waiting for it (a race the dK/dV kernel does not
+  have): the backward must raise. Before the per-kernel check it passed silently."""
+  import types  # pylint: disable=g-import-not-at-top
+  from jax.experimental.pallas import mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
+  from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks  # pylint: disable=g-import-not-at-top
+  from jflash.kernels.mosaic_gpu import backward_dq, backward_steps  # pylint: disable=g-import-not-at-top
+
+  def hand_over_without_wait(share, handed, t, value=None):
+    if value is not None:
+      return backward_steps.hand_over(share, handed, t, value)
+    slot = lax.rem(t, jnp.int32(share.shape[0]))
+    plgpu.barrier_arrive(handed.at[slot])  # arrives, does not wait
+    return plgpu.load(share.at[slot], layout=backward_steps.WGMMA)
+
+  racy = types.SimpleNamespace(**{**vars(backward_steps), "hand_over": hand_over_without_wait})
+  monkeypatch.setattr(backward_dq, "steps", racy)
+  jax.clear_caches()
+  b, t, s, n, kv_heads, h, dtype, kwargs = CASES["causal-h256-split"]  # the split dQ kernel
+  with jax.default_device(jax.devices("cpu")[0]):
+    q, k, v, do = random_inputs(0, b, t, s, n, kv_heads, h, dtype)
+    with pytest.raises(Exception, match="data race"):
+      jax.block_until_ready(_attention(q, k, v, do, jnp.zeros((b, t, n)), kwargs,
+                                       "mosaic_gpu", interpret=True))
+  gpu_callbacks.reset_gpu_interpret_mode_state()  # the race was meant; the fixture checks
+  jax.clear_caches()
+
+
 @pytest.mark.gpu
 @needs_hopper
 def test_bitwise_deterministic():

@@ -188,6 +188,8 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
       kernel_name="jflash_mgpu_bwd_dq", **mosaic,
   )(q, do, lse2, delta, *kv_in, *extras) if not fused else None
 
+  if interpret and dq is not None:  # the dQ kernel's races, before the dK/dV kernel runs
+    dq, k = common.check_races(dq, k)
   q_tiles = [(rows_q, dtype)] * 2
   if interpretable:
     q_tiles += [((h_pad, block_q), dtype)] * 2
@@ -248,6 +250,6 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   else:
     dk, dv = dkv_kernel(*dkv_in)
   if interpret:
-    common.check_races(dq, dk, dv)
+    dq, dk, dv = common.check_races(dq, dk, dv)
   s_len = spec.kv_len
   return dq[:, :t, :, :h], dk[:, :s_len, :, :h], dv[:, :s_len, :, :h]

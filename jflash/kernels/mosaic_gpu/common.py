@@ -357,12 +357,19 @@ def races_found() -> bool:
   return state is not None and bool(state.races_found)
 
 
-def _raise_on_races(*_):
+def _raise_on_races(*arrays):
   if races_found():
     raise RuntimeError("Mosaic GPU interpret mode detected a data race in a jflash kernel "
                        "(a kernel bug: please report it)")
+  return arrays
 
 
 def check_races(*arrays):
-  """After `arrays` are computed (interpret mode), raises RuntimeError if a race was seen."""
-  jax.debug.callback(_raise_on_races, *arrays)
+  """Interpret mode: once `arrays` (a kernel's outputs, and any arrays the next kernel
+  reads) are computed, raises RuntimeError if the kernel raced; returns `arrays` again.
+
+  The interpreter keeps the race record of the last kernel it ran only, so the check
+  must run before the next kernel starts: that kernel must read the returned arrays."""
+  return jax.pure_callback(_raise_on_races,
+                           tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays),
+                           *arrays, vmap_method="broadcast_all")

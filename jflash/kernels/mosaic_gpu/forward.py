@@ -426,5 +426,5 @@ def forward(q, k, v, operands: Operands = Operands(), *, scale: float, spec: Mas
       kernel_name="jflash_mgpu_fwd",
   )(q, k, v, *extras)
   if interpret:
-    common.check_races(out, lse)
+    out, lse = common.check_races(out, lse)
   return out[:, :t, :, :h], jnp.transpose(lse[:, :, :t], (0, 2, 1))
