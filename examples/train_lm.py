@@ -213,8 +213,8 @@ def gelu(x):
   shape and dtype as x. Its backward keeps only x and recomputes the tanh (in float32):
   differentiated as written, jax.nn.gelu also keeps the tanh for the backward, one more
   tensor of the MLP's hidden size per layer written and read again (on an H200 the
-  gpt2-small step at T=2048, B=8 then peaks at 7.39 GB instead of 6.18 GB and runs
-  ~0.7% slower: README)."""
+  gpt2-small step at T=2048, B=8 then peaks at 7.39 GB instead of 6.18 GB and ran
+  ~0.7% slower: BUILD_NOTES.md, issue 11 session 7)."""
   return jax.nn.gelu(x, approximate=True)
 
 
