@@ -112,15 +112,18 @@ def dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         else:
           q_tile, do_tile, lse_tile, delta_tile = tiles
           q_t, do_t = q_tile.T, do_tile.T
-        lse2 = (plgpu.load(lse_tile, layout=WGMMA.reduce(0))
-                if does_dv or not split else None)
-        delta = plgpu.load(delta_tile, layout=WGMMA.reduce(0)) if does_dk else None
-        # Positions per step, where used (as in backward_dq).
-        kv_pos = kv_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
-        q_pos = i * block_q + plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
-        visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, kv_seg, i * block_q, 1,
-                                    extents)
-                   if masked else None)
+        # lse, delta, the positions and the mask are formed where they are used, after
+        # the product before them: formed at the step's start they stay live across it
+        # (16 + 16 registers a thread for lse and delta, 32 for the mask).
+        lse2 = lambda: plgpu.load(lse_tile, layout=WGMMA.reduce(0))
+        delta = lambda: plgpu.load(delta_tile, layout=WGMMA.reduce(0))
+
+        def mask():
+          kv_pos, q_pos = steps.positions(kv_start, i * block_q, shape)
+          return variants.visible(ex, spec, pos, b, q_pos, kv_pos, kv_seg, i * block_q, 1,
+                                  extents)
+
+        visible = mask if masked else None
         # Accumulators: the carry (dV if does_dv, then dK if does_dk), Sᵀ, then dPᵀ
         # (`split`: the carry, then Sᵀ for consumer 0 or dPᵀ for consumer 1).
         dv_i, dk_i = 0, len(carry) - 1
@@ -132,16 +135,15 @@ def dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
           fresh_i = len(carry)
           if does_dv:
             mm.mma(fresh_i, k_tile, q_t)
-            p_t, dz = steps.probabilities(mm.get(fresh_i, wait_n=0), lse2, scale=scale,
-                                          score_mod=score_mod, q_pos=q_pos + pos.offset,
-                                          kv_pos=kv_pos, lse_dim=1, visible=visible)
+            p_t, dz = steps.probabilities(mm.get(fresh_i, wait_n=0), lse2(), scale=scale,
+                                          score_mod=score_mod, lse_dim=1, visible=visible)
             steps.hand_over(*share_scratch, t, p_t if dz is None else p_t * dz)
             mm.mma(dv_i, p_t.astype(q_ref.dtype), do_tile)
             return
           mm.mma(fresh_i, v_tile, do_t)
           dp_t = mm.get(fresh_i, wait_n=0)
           pz_t = steps.hand_over(*share_scratch, t)
-          ds_t = steps.score_grads(pz_t, dp_t, delta, None, 1).astype(q_ref.dtype)
+          ds_t = steps.score_grads(pz_t, dp_t, delta(), None, 1).astype(q_ref.dtype)
           mm.mma(dk_i, ds_t, q_tile)
 
         def products(mm):
@@ -151,9 +153,8 @@ def dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
           mm.mma(s_i, k_tile, q_t)
           if overlap and does_dk:
             mm.mma(dp_i, v_tile, do_t)
-          p_t, dz = steps.probabilities(mm.get(s_i, wait_n=int(does_dk)), lse2, scale=scale,
-                                        score_mod=score_mod, q_pos=q_pos + pos.offset,
-                                        kv_pos=kv_pos, lse_dim=1, visible=visible)
+          p_t, dz = steps.probabilities(mm.get(s_i, wait_n=int(does_dk)), lse2(), scale=scale,
+                                        score_mod=score_mod, lse_dim=1, visible=visible)
           if does_dv:
             mm.mma(dv_i, p_t.astype(q_ref.dtype), do_tile)
           if not does_dk:
@@ -161,7 +162,7 @@ def dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
           if not overlap:
             mm.mma(dp_i, v_tile, do_t)
           dp_t = mm.get(dp_i, wait_n=int(does_dv))
-          ds_t = steps.score_grads(p_t, dp_t, delta, dz, 1).astype(q_ref.dtype)
+          ds_t = steps.score_grads(p_t, dp_t, delta(), dz, 1).astype(q_ref.dtype)
           mm.mma(dk_i, ds_t, q_tile)
           if fused:
             at = (b, pl.ds(i * block_q, block_q), kv_head * groups + g)

@@ -92,21 +92,21 @@ def dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       else:
         k_tile, v_tile = tiles
         k_t, v_t = k_tile.T, v_tile.T
-      # Positions are formed per step, where used (masks, score mods): two int32 tiles
-      # live across the loop would cost 2 x 32 registers per thread.
-      q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=WGMMA)
-      kv_pos = j * block_kv + plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=WGMMA)
-      visible = (variants.visible(ex, spec, pos, b, q_pos, kv_pos, q_seg, j * block_kv, 0,
-                                  extents)
-                 if masked else None)
+      # The positions and the mask are formed where used, after S's product
+      # (steps.probabilities), not live across it.
+      def mask():
+        q_pos, kv_pos = steps.positions(q_start, j * block_kv, shape)
+        return variants.visible(ex, spec, pos, b, q_pos, kv_pos, q_seg, j * block_kv, 0,
+                                extents)
+
+      visible = mask if masked else None
 
       def products(mm):  # accumulators: 0 dQ, 1 S, 2 dP
         mm.mma(1, q_tile, k_t)
         if overlap:  # P is computed while dP runs
           mm.mma(2, do_tile, v_t)
         p, dz = steps.probabilities(mm.get(1, wait_n=1), lse2, scale=scale,
-                                    score_mod=score_mod, q_pos=q_pos + pos.offset,
-                                    kv_pos=kv_pos, lse_dim=0, visible=visible)
+                                    score_mod=score_mod, lse_dim=0, visible=visible)
         if not overlap:
           mm.mma(2, do_tile, v_t)
         ds = steps.score_grads(p, mm.get(2, wait_n=0), delta, dz, 0)
@@ -117,8 +117,7 @@ def dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         if role == 0:  # S, then P (times dz/ds with soft-cap) to consumer 1
           mm.mma(0, q_tile, k_t)
           p, dz = steps.probabilities(mm.get(0, wait_n=0), lse2, scale=scale,
-                                      score_mod=score_mod, q_pos=q_pos + pos.offset,
-                                      kv_pos=kv_pos, lse_dim=0, visible=visible)
+                                      score_mod=score_mod, lse_dim=0, visible=visible)
           steps.hand_over(p_share, handed, e, p if dz is None else p * dz)
           return
         mm.mma(1, do_tile, v_t)

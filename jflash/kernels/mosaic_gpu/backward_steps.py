@@ -21,19 +21,30 @@ CONSUMERS = 2
 WGMMA = plgpu.Layout.WGMMA
 
 
-def probabilities(s, lse2, *, scale, score_mod, q_pos, kv_pos, lse_dim, visible=None):
+def positions(row_start, col_start, shape):
+  """(row, column) indices of a [rows, cols] score tile in the WGMMA layout, from
+  `row_start` and `col_start`: broadcasts of two 1-D iotas (2 + cols / 4 registers a
+  thread) rather than two [rows, cols] int32 tiles (2 x rows * cols / 128)."""
+  rows = row_start + plgpu.broadcasted_iota(jnp.int32, shape[:1], 0, layout=WGMMA.reduce(1))
+  cols = col_start + plgpu.broadcasted_iota(jnp.int32, shape[1:], 0, layout=WGMMA.reduce(0))
+  return lax.broadcast_in_dim(rows, shape, [0]), lax.broadcast_in_dim(cols, shape, [1])
+
+
+def probabilities(s, lse2, *, scale, score_mod, lse_dim, visible=None):
   """(P, dz/ds or None) of a tile of raw scores `s`; lse2 = lse log2(e) along `lse_dim`.
 
-  q_pos are query positions (index + q_offset); P is 0 where `visible` (if given) is False.
+  P is 0 where `visible` (if given: a function returning a boolean tile, called after
+  the exponentials so that the mask and the positions it compares are not live across
+  the product before them) is False. (ALiBi, which needs positions, is not served.)
   """
   lse2 = lax.broadcast_in_dim(lse2, s.shape, [lse_dim])
   dz = None
   if not score_mod.active:
     p = jnp.exp2(s * (scale * LOG2E) - lse2)
   else:
-    z, dz = score_mod.logits(s * scale, q_pos=q_pos, kv_pos=kv_pos, with_grad=True)
+    z, dz = score_mod.logits(s * scale, with_grad=True)
     p = jnp.exp2(z * LOG2E - lse2)
-  return (p if visible is None else jnp.where(visible, p, 0.0)), dz
+  return (p if visible is None else jnp.where(visible(), p, 0.0)), dz
 
 
 def score_grads(p, dp, delta, dz, delta_dim):
