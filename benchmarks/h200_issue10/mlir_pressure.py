@@ -16,7 +16,10 @@ proxy 268 -> ptxas 164 B spilled, non-causal 236 -> 8 B; the dQ kernel 172 -> 0 
 fused kernel causal 239 -> 348 B and non-causal 208 -> 196 B (so the fused kernel
 spills more than its loop bodies' pressure says: see BUILD_NOTES, session 14).
 
-  PYTHONPATH=<tree> python benchmarks/h200_issue10/mlir_pressure.py H T CAUSAL FUSED [OUT]
+  PYTHONPATH=<tree> python benchmarks/h200_issue10/mlir_pressure.py H T CAUSAL MODE [OUT]
+
+MODE: 0 the deterministic backward, 1 the fused backward, fwd the forward (default
+configs for H, T; B = 1, N = 2048 / H). OUT: a folder to write the modules to.
 """
 import collections, dataclasses, functools, os, re, sys
 
@@ -140,7 +143,8 @@ def pressure(text, out=sys.stdout):
 
 
 def main():
-  h, t, causal, fused = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1"
+  h, t, causal, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+  fused = mode == "1"
   out_dir = sys.argv[5] if len(sys.argv) > 5 else None
   modules = []
   original = mosaic_core._mosaic_gpu_lowering_rule
@@ -150,7 +154,7 @@ def main():
     return original(ctx, *args, module=module, **kwargs)
 
   pallas_call_registration.mgpu.core._mosaic_gpu_lowering_rule = capture
-  from jflash.kernels.mosaic_gpu import backward
+  from jflash.kernels.mosaic_gpu import backward, forward
   from jflash.kernels.mosaic_gpu.config import default_config
   from jflash.masks import MaskSpec
   from jflash.scores import ScoreMod
@@ -159,15 +163,17 @@ def main():
   rows = jax.ShapeDtypeStruct((b, t, n), jnp.float32)
   config = dataclasses.replace(default_config(h, causal, t, deterministic=not fused),
                                bwd_fused=fused)
-  f = functools.partial(backward.backward, scale=h ** -0.5,
-                        spec=MaskSpec(q_len=t, kv_len=t, is_causal=causal),
-                        score_mod=ScoreMod(), config=config, interpretable=False)
-  jax.jit(f).trace(q, q, q, rows, rows, q).lower(lowering_platforms=("cuda",))
+  spec = MaskSpec(q_len=t, kv_len=t, is_causal=causal)
+  kernels, args = ((forward.forward, (q, q, q)) if mode == "fwd" else
+                   (backward.backward, (q, q, q, rows, rows, q)))
+  f = functools.partial(kernels, scale=h ** -0.5, spec=spec, score_mod=ScoreMod(),
+                        config=config, interpretable=False)
+  jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",))
   for text in modules:
     name = re.search(r"module @(\w+)", text).group(1)
-    print(f"{name} (H={h}, T={t}, causal={int(causal)}, fused={int(fused)}):")
+    print(f"{name} (H={h}, T={t}, causal={int(causal)}, mode={mode}):")
     if out_dir:
-      with open(os.path.join(out_dir, f"{name}_h{h}_t{t}_c{int(causal)}_f{int(fused)}.mlir"), "w") as fh:
+      with open(os.path.join(out_dir, f"{name}_h{h}_t{t}_c{int(causal)}_{mode}.mlir"), "w") as fh:
         fh.write(text)
     pressure(text)
 

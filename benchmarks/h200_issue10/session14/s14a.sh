@@ -25,4 +25,4 @@ run base64 .gpu/base mosaic_gpu,mosaic_gpu:nd,cudnn 64x16384x1,64x2048x0 70
 run new64 . mosaic_gpu,mosaic_gpu:nd,cudnn 64x16384x1,64x2048x0 70
 run base256 .gpu/base mosaic_gpu,cudnn 256x16384x1 40
 run new256 . mosaic_gpu,cudnn 256x16384x1 40
-timeout 120 python -m pytest -q -p no:benchmark -n 12 tests/test_mosaic_gpu_steps.py tests/test_mosaic_gpu.py -k "steps or against_oracle_native or bitwise or backward_kernels" > $OUT/native.log 2>&1; tail -5 $OUT/native.log
+timeout 120 python -m pytest -q -p no:benchmark -n 12 tests/test_mosaic_gpu_common.py tests/test_mosaic_gpu.py -k "common or against_oracle_native or bitwise or backward_kernels" > $OUT/native.log 2>&1; tail -5 $OUT/native.log

@@ -119,7 +119,7 @@ def dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         delta = lambda: plgpu.load(delta_tile, layout=WGMMA.reduce(0))
 
         def mask():
-          kv_pos, q_pos = steps.positions(kv_start, i * block_q, shape)
+          kv_pos, q_pos = common.positions(kv_start, i * block_q, shape)
           return variants.visible(ex, spec, pos, b, q_pos, kv_pos, kv_seg, i * block_q, 1,
                                   extents)
 

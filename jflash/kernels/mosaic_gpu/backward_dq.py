@@ -95,7 +95,7 @@ def dq_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       # The positions and the mask are formed where used, after S's product
       # (steps.probabilities), not live across it.
       def mask():
-        q_pos, kv_pos = steps.positions(q_start, j * block_kv, shape)
+        q_pos, kv_pos = common.positions(q_start, j * block_kv, shape)
         return variants.visible(ex, spec, pos, b, q_pos, kv_pos, q_seg, j * block_kv, 0,
                                 extents)
 

@@ -21,15 +21,6 @@ CONSUMERS = 2
 WGMMA = plgpu.Layout.WGMMA
 
 
-def positions(row_start, col_start, shape):
-  """(row, column) indices of a [rows, cols] score tile in the WGMMA layout, from
-  `row_start` and `col_start`: broadcasts of two 1-D iotas (2 + cols / 4 registers a
-  thread) rather than two [rows, cols] int32 tiles (2 x rows * cols / 128)."""
-  rows = row_start + plgpu.broadcasted_iota(jnp.int32, shape[:1], 0, layout=WGMMA.reduce(1))
-  cols = col_start + plgpu.broadcasted_iota(jnp.int32, shape[1:], 0, layout=WGMMA.reduce(0))
-  return lax.broadcast_in_dim(rows, shape, [0]), lax.broadcast_in_dim(cols, shape, [1])
-
-
 def probabilities(s, lse2, *, scale, score_mod, lse_dim, visible=None):
   """(P, dz/ds or None) of a tile of raw scores `s`; lse2 = lse log2(e) along `lse_dim`.
 

@@ -59,6 +59,16 @@ def fori(lo: Index, hi: Index, body, carry):
   return lax.fori_loop(lo, hi, body, carry)
 
 
+def positions(row_start, col_start, shape):
+  """(row, column) indices of a [rows, cols] score tile in the WGMMA layout, from
+  `row_start` and `col_start`: broadcasts of two 1-D iotas (2 + cols / 4 registers a
+  thread) rather than two [rows, cols] int32 tiles (2 x rows * cols / 128)."""
+  wgmma = plgpu.Layout.WGMMA
+  rows = row_start + plgpu.broadcasted_iota(jnp.int32, shape[:1], 0, layout=wgmma.reduce(1))
+  cols = col_start + plgpu.broadcasted_iota(jnp.int32, shape[1:], 0, layout=wgmma.reduce(0))
+  return lax.broadcast_in_dim(rows, shape, [0]), lax.broadcast_in_dim(cols, shape, [1])
+
+
 def smem(shape, dtype, swizzle: int | None = None):
   """A shared-memory buffer in the tiled, swizzled layout TMA and wgmma use; `swizzle`
   bytes (default: the widest that divides a row; wgmma needs equal swizzles on both

@@ -1,4 +1,4 @@
-"""Per-tile helpers of the Mosaic GPU backward (jflash.kernels.mosaic_gpu.backward_steps).
+"""Per-tile helpers of the Mosaic GPU kernels (jflash.kernels.mosaic_gpu.common).
 
 `positions` builds a score tile's row and column indices as broadcasts of two 1-D
 iotas in the WGMMA layout's row and column layouts (what the masks compare). Here a
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from jflash.kernels.mosaic_gpu import backward_steps as steps, common
+from jflash.kernels.mosaic_gpu import common
 from conftest import HOPPER, ON_GPU
 
 SHAPES = [((64, 64), (3, 70)), ((64, 128), (0, 1000)), ((128, 64), (129, 5))]
@@ -24,7 +24,7 @@ SHAPES = [((64, 64), (3, 70)), ((64, 128), (0, 1000)), ((128, 64), (129, 5))]
 
 def _positions_kernel(shape, start, interpret):
   def body(out_ref, smem_ref):
-    rows, cols = steps.positions(*start, shape)
+    rows, cols = common.positions(*start, shape)
     smem_ref[...] = rows * 1000 + cols
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(smem_ref, out_ref)
