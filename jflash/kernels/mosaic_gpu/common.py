@@ -60,9 +60,10 @@ def fori(lo: Index, hi: Index, body, carry):
 
 
 def positions(row_start, col_start, shape):
-  """(row, column) indices of a [rows, cols] score tile in the WGMMA layout, from
-  `row_start` and `col_start`: broadcasts of two 1-D iotas (2 + cols / 4 registers a
-  thread) rather than two [rows, cols] int32 tiles (2 x rows * cols / 128)."""
+  """(row, column) int32 index tiles, both [rows, cols] = `shape` in the WGMMA layout,
+  starting at `row_start` and `col_start` (ints or int32 scalars): broadcasts of two
+  1-D iotas in the layout's row and column layouts, which hold rows / 32 and cols / 4
+  registers a thread, where two [rows, cols] int32 tiles would hold rows * cols / 64."""
   wgmma = plgpu.Layout.WGMMA
   rows = row_start + plgpu.broadcasted_iota(jnp.int32, shape[:1], 0, layout=wgmma.reduce(1))
   cols = col_start + plgpu.broadcasted_iota(jnp.int32, shape[1:], 0, layout=wgmma.reduce(0))
