@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jflash.sparsity import FULL, MASKED, SKIP, Mask, _int
+from jflash.sparsity_base import FULL, MASKED, SKIP, Mask, _int
 
 
 class BlockInfo(NamedTuple):
