@@ -442,6 +442,75 @@ def test_backward_kernels(deterministic, fused):
             config=jflash.MosaicGpuConfig(block_kv=64, bwd_fused=True))
 
 
+def _backward_steps(h, t, config, monkeypatch):
+  """(kernel name, asynchronous) of each backward kernel's step, lowered natively for
+  cuda (Python's part of Mosaic GPU's lowering runs on any machine; nothing runs)."""
+  from jflash.kernels.mosaic_gpu import backward_steps
+  seen, pipelined = [], backward_steps.pipelined
+
+  def spy(body, carry, fresh, *, asynchronous, a_smem=None):
+    seen.append(asynchronous)
+    return pipelined(body, carry, fresh, asynchronous=asynchronous, a_smem=a_smem)
+
+  monkeypatch.setattr(backward_steps, "pipelined", spy)
+  from jflash.kernels.mosaic_gpu import backward
+  from jflash.masks import MaskSpec
+  from jflash.scores import ScoreMod
+  q = jax.ShapeDtypeStruct((1, t, 2, h), BF16)
+  rows = jax.ShapeDtypeStruct((1, t, 2), jnp.float32)
+  kernels = functools.partial(backward.backward, scale=h ** -0.5, score_mod=ScoreMod(),
+                              spec=MaskSpec(q_len=t, kv_len=t, is_causal=False),
+                              config=config)
+  jax.jit(kernels).trace(q, q, q, rows, rows, q).lower(lowering_platforms=("cuda",))
+  return set(seen)
+
+
+@pytest.mark.parametrize("h,fused,overlap,expected", [
+    (128, False, None, {True}),    # the default: 64 x 64 tiles overlap in both kernels
+    (128, False, False, {False}),
+    (128, True, None, {False}),    # the fused kernel overlaps at H = 64 only by default
+    (128, True, True, {True}),
+    (64, False, True, {True}),     # also H = 64's 128-query dK/dV and 64 x 128 dQ tiles
+])
+def test_backward_overlap_config(h, fused, overlap, expected, monkeypatch):
+  """MosaicGpuConfig.bwd_overlap decides the backward kernels' asynchronous step (None:
+  the measured rule); True past H = 128 and a non-bool are refused."""
+  import dataclasses
+  from jflash.kernels.mosaic_gpu.config import default_config
+  config = dataclasses.replace(default_config(h, False, 2048), bwd_fused=fused,
+                               bwd_overlap=overlap)
+  if h == 64:
+    config = dataclasses.replace(config, bwd_block_q=128, bwd_dq_block_kv=128)
+  assert _backward_steps(h, 2048, config, monkeypatch) == expected
+  if h == 128 and overlap:
+    with pytest.raises(ValueError, match="bwd_overlap=True.*head dims <= 128, not 192"):
+      jflash.attention(*random_inputs(0, 1, 128, 128, 2, 1, 192, BF16)[:3],
+                       implementation="mosaic_gpu", interpret=not ON_GPU,
+                       config=jflash.MosaicGpuConfig(block_kv=64, bwd_overlap=True))
+    with pytest.raises(ValueError, match="bwd_overlap=1 must be None or a bool"):
+      jflash.MosaicGpuConfig(bwd_overlap=1)
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("name", [name for name, case in {**CASES, **GPU_CASES}.items()
+                                  if case[5] <= 128])
+@pytest.mark.parametrize("fused", [False, True])
+def test_backward_overlap_forced_native(name, fused):
+  """bwd_overlap=True: the asynchronous step in every backward kernel (also H = 64's
+  128-query tiles and the fused kernel at H = 128, which the default does not pick),
+  natively on every case with H <= 128 (the interpretable form has no such step)."""
+  import dataclasses
+  from jflash.kernels.mosaic_gpu.config import default_config, kernel_head_dim
+  case = {**CASES, **GPU_CASES}[name]
+  if fused:
+    _check_fused(case, bwd_overlap=True)
+    return
+  _, t, _, _, _, h, _, kwargs = case
+  config = default_config(kernel_head_dim(h), kwargs.get("is_causal", False), t)
+  _check(case, config=dataclasses.replace(config, bwd_overlap=True))
+
+
 @needs_hopper
 def test_default_backward_by_determinism():
   """Without a config, deterministic=False takes the fused backward (no dQ kernel) where

@@ -31,7 +31,7 @@ for h, t, c in grid:
         if key == "det":  # deterministic=True/False explicitly (bwd_fused with det=1: ordered dQ adds)
           det = val == "1"
           continue
-        cfg = dataclasses.replace(cfg, **{key: (val == "1") if key in ("persistent", "bwd_persistent", "overlap", "bwd_fused") else int(val)})
+        cfg = dataclasses.replace(cfg, **{key: (val == "1") if key in ("persistent", "bwd_persistent", "overlap", "bwd_fused", "bwd_overlap") else int(val)})
       det = not cfg.bwd_fused if det is None else det
       att = lambda q, k, v, cfg=cfg, det=det: jflash.attention(q, k, v, is_causal=causal, implementation="mosaic_gpu", config=cfg, deterministic=det)
     out = {}

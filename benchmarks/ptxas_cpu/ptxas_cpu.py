@@ -20,7 +20,8 @@ deterministic backward: dQ and dK/dV kernels) or fused (the fused backward), B =
 N = 2048 / H, bf16, the default tiles for (H, causal, T) with the MosaicGpuConfig fields
 given overridden (e.g. 64:16384:1:fused:bwd_block_q=128). Prints one line per kernel:
 registers, spill stores and loads (bytes), stack frame, and ptxas's performance
-warnings (e.g. C7513, serialised wgmma). --sass OUT keeps each kernel's SASS there.
+warnings (e.g. C7513, serialised wgmma). --sass OUT writes each kernel's PTX, ptxas
+report and SASS there (one file per kernel; spills are the STL/LDL instructions).
 
 ptxas is the one of this machine's CUDA (setup.sh's PTXAS_CUDA_ROOT), which may differ
 from the GPU machine's: compare numbers from one ptxas only.
@@ -127,7 +128,9 @@ class Compiler:
     if not os.path.exists(driver) or not plugins:
       raise SystemExit(f"{tools}: no libcuda.so.1 or xla_cuda_plugin.so; run "
                        f"`bash benchmarks/ptxas_cpu/setup.sh {tools}` first")
-    os.environ["MOSAIC_GPU_CUDA_ROOT"] = os.path.abspath(os.path.join(tools, "cuda"))
+    cuda = os.path.abspath(os.path.join(tools, "cuda"))
+    os.environ["MOSAIC_GPU_CUDA_ROOT"] = cuda
+    os.environ["PATH"] = os.path.join(cuda, "bin") + os.pathsep + os.environ["PATH"]  # nvdisasm
     # Loaded first, the stand-in answers the plugin's dlopen("libcuda.so.1").
     ctypes.CDLL(os.path.abspath(driver), mode=ctypes.RTLD_GLOBAL)
     self.compile_fn = ctypes.CDLL(plugins[0]).MosaicGpuCompile
@@ -135,12 +138,13 @@ class Compiler:
     self.compile_fn.restype = ctypes.POINTER(ctypes.c_void_p)
 
   def report(self, bytecode, sass=False):
-    """ptxas's report (and the SASS if `sass`) of one serialized module, as text."""
+    """ptxas's report (and the PTX and SASS if `sass`) of one serialized module, as text."""
     os.environ["MOSAIC_GPU_DUMP_PTXAS"] = "1"
-    if sass:
-      os.environ["MOSAIC_GPU_DUMP_SASS"] = "1"
-    else:
-      os.environ.pop("MOSAIC_GPU_DUMP_SASS", None)
+    for flag in ("MOSAIC_GPU_DUMP_SASS", "MOSAIC_GPU_DUMP_PTX"):
+      if sass:
+        os.environ[flag] = "1"
+      else:
+        os.environ.pop(flag, None)
     with captured_output() as out:
       self.compile_fn(bytecode, len(bytecode))  # fails at the module load, by design
     return out[0]
@@ -163,7 +167,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("cases", nargs="+")
   parser.add_argument("--tools", default=os.environ.get("JFLASH_PTXAS_TOOLS", ".ptxas_cpu"))
-  parser.add_argument("--sass", default=None, help="a folder to write each kernel's SASS to")
+  parser.add_argument("--sass", default=None, help="a folder to write each kernel's PTX and SASS to")
   args = parser.parse_args()
   compiler = Compiler(args.tools)
   for text in args.cases:

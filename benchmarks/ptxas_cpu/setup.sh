@@ -5,7 +5,7 @@
 # gcc, and a CUDA 13 ptxas (PTXAS_CUDA_ROOT, default /usr/local/cuda-13.0).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-dir="${1:-.ptxas_cpu}"
+dir="$(mkdir -p "${1:-.ptxas_cpu}" && cd "${1:-.ptxas_cpu}" && pwd)"
 py="${PYTHON:-python}"
 mkdir -p "$dir/wheels"
 version="$("$py" -c 'import jaxlib; print(jaxlib.__version__)')"
@@ -22,6 +22,14 @@ for e in "$cuda"/*; do [ "$(basename "$e")" = bin ] || ln -s "$e" "$dir/cuda/"; 
 for e in "$cuda"/bin/*; do ln -s "$e" "$dir/cuda/bin/"; done
 ln -sf "$(cd "$(dirname "$nvdisasm")" && pwd)/nvdisasm" "$dir/cuda/bin/nvdisasm"
 "$dir/cuda/bin/ptxas" --version | tail -1
+# The plugin runs nvdisasm (for MOSAIC_GPU_DUMP_SASS) from /usr/local/cuda/bin only.
+if [ ! -e /usr/local/cuda/bin/nvdisasm ]; then
+  if mkdir -p /usr/local/cuda/bin 2>/dev/null && [ -w /usr/local/cuda/bin ]; then
+    ln -s "$dir/cuda/bin/nvdisasm" /usr/local/cuda/bin/nvdisasm
+  else
+    echo "note: link $dir/cuda/bin/nvdisasm to /usr/local/cuda/bin/nvdisasm for --sass"
+  fi
+fi
 echo "plugin:   $plugin"
 echo "nvdisasm: $nvdisasm"
 echo "driver:   $dir/libcuda.so.1"

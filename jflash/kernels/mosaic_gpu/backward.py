@@ -80,7 +80,7 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
     operands: the runtime operands of the variants (positions, segment ids).
     scale, spec, score_mod: as in the forward pass.
     config: `bwd_block_q`, `bwd_block_kv`, `bwd_num_stages`, `bwd_persistent`,
-      `bwd_fused` are used (the caller checks that `bwd_fused` goes with
+      `bwd_fused`, `bwd_overlap` are used (the caller checks that `bwd_fused` goes with
       deterministic=False: :func:`.config.check_fits`).
     interpret, interpretable: as in :func:`.forward.forward`.
 
@@ -155,11 +155,14 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   # (T=16k causal) the one-at-a-time order; H=64's 128-query tiles and H=256 spilled
   # 300-1100 bytes and ran 0.7x and 0.98x; the fused kernel spilled more and ran slower.
   overlaps = lambda rows, cols: h_pad <= 128 and rows * cols <= 64 * 64
-  overlap = overlaps(block_q, block_kv)
   # The fused kernel overlaps only at H = 64 (64 x 64 tiles: no spills; 0.99x the serial
   # order at T=16k causal, H200, session 9); at H = 128 it spilled and ran 0.4-0.8x
-  # (session 4).
-  fused_overlap = overlap and (not fused or h_pad == 64)
+  # (session 4). config.bwd_overlap, if set, decides for every kernel instead.
+  if config.bwd_overlap is not None:
+    overlaps = lambda rows, cols: config.bwd_overlap
+  overlap = overlaps(block_q, block_kv)
+  fused_overlap = (overlap and (not fused or h_pad == 64) if config.bwd_overlap is None
+                   else config.bwd_overlap)
   dq_rows_q = (dq_block_q, h_pad)
   own_q = 1 if dq_split else c  # the dQ CTA's own query tiles
   dq = None if fused else plgpu.kernel(

@@ -107,6 +107,8 @@ def dkv_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
       def step(t, i, carry, masked):
         tiles, slot = stream.wait(t)
+        # The own tiles' descriptors are formed in the step, not kept live across the loop.
+        k_tile, v_tile = (x.at[common.opaque(own_slot)] for x in (k_smem, v_smem))
         if interpretable:
           q_tile, do_tile, q_t, do_t, lse_tile, delta_tile = tiles
         else:

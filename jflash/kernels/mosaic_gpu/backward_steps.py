@@ -16,6 +16,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from jflash.kernels.mosaic_gpu import common
+
 LOG2E = math.log2(math.e)
 CONSUMERS = 2
 WGMMA = plgpu.Layout.WGMMA
@@ -174,7 +176,7 @@ def dq_share(ds_t, wg, t, k_smem, ds_smem, dq_smem, ready, dq_out, *, mode: str,
 
     @pl.when(wg == lax.rem(t, jnp.int32(CONSUMERS)))
     def _share():
-      pairs = [(ds(o), k_smem.at[o]) for o in range(CONSUMERS)]
+      pairs = [(ds(o), k_smem.at[common.opaque(o)]) for o in range(CONSUMERS)]
       reduce_add(matmul(*pairs[0], shape, more=pairs[1:]), dq_out)
 
     return
@@ -183,7 +185,7 @@ def dq_share(ds_t, wg, t, k_smem, ds_smem, dq_smem, ready, dq_out, *, mode: str,
 
     @pl.when(wg == c)
     def _share():
-      pairs = [(ds(o), k_smem.at[o, :, cols]) for o in range(CONSUMERS)]
+      pairs = [(ds(o), k_smem.at[common.opaque(o)].at[:, cols]) for o in range(CONSUMERS)]
       reduce_add(matmul(*pairs[0], shape, more=pairs[1:]), dq_out.at[:, cols])
 
 

@@ -59,6 +59,19 @@ def fori(lo: Index, hi: Index, body, carry):
   return lax.fori_loop(lo, hi, body, carry)
 
 
+def opaque(index: Index):
+  """`index` as an int32 that LLVM cannot see through (an optimization barrier).
+
+  A shared-memory tile indexed with it inside a loop body has its wgmma descriptors (64
+  bits each, one per 16-wide step of the contraction) computed at each use; indexed with
+  a loop-invariant value, LLVM hoists them out of the loop, where they stay live in
+  registers throughout: 32 descriptors, 64 registers a thread, in the fused dK/dV
+  kernel at H = 128, which ptxas spilled (172-348 bytes; 0 with this; BUILD_NOTES,
+  issue 10 session 15).
+  """
+  return lax.optimization_barrier(jnp.asarray(index, jnp.int32))
+
+
 def positions(row_start, col_start, shape):
   """(row, column) int32 index tiles, both [rows, cols] = `shape` in the WGMMA layout,
   starting at `row_start` and `col_start` (ints or int32 scalars): broadcasts of two

@@ -45,6 +45,12 @@ class MosaicGpuConfig:
       with deterministic=False at H <= 64 where it measured 4-13% faster than the two
       kernels: causal T > 4k, non-causal T >= 2k; at causal T <= 4k 9-10% slower, at
       H = 128 up to 40% (H200; BUILD_NOTES, issue 10).
+    bwd_overlap: the backward kernels' asynchronous step (each consumer issues its S
+      and dP products together and computes P while dP runs, FlashAttention-3's
+      intra-warpgroup overlap; native form only). None: where it measured faster
+      (64 x 64 tiles at H <= 128; in the fused kernel at H = 64 only). True or False
+      forces it on or off in the dQ, dK/dV and fused kernels; True needs head dims
+      <= 128 (past them the dK/dV kernel's consumers share a tile, with no such step).
   """
 
   block_q: int = 64
@@ -59,6 +65,7 @@ class MosaicGpuConfig:
   bwd_persistent: bool = False
   overlap: bool = False
   bwd_fused: bool = False
+  bwd_overlap: bool | None = None
 
   def __post_init__(self):
     for name in ("block_q", "block_kv", "bwd_block_q", "bwd_block_kv", "bwd_dq_block_q",
@@ -75,6 +82,9 @@ class MosaicGpuConfig:
     for name in ("persistent", "bwd_persistent", "overlap", "bwd_fused"):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"MosaicGpuConfig.{name}={getattr(self, name)!r} must be a bool")
+    if self.bwd_overlap is not None and not isinstance(self.bwd_overlap, bool):
+      raise ValueError(f"MosaicGpuConfig.bwd_overlap={self.bwd_overlap!r} must be None or a "
+                       "bool")
 
 
 def kernel_head_dim(head_dim: int) -> int:
@@ -206,8 +216,11 @@ def check_fits(config: MosaicGpuConfig, head_dim: int, dtype,
                deterministic: bool = False) -> None:
   """Raises ValueError if `config`'s forward tiles (or, with `bwd_fused`, the fused
   backward's) do not fit in shared memory, or `bwd_fused` is asked for at H > 128 or
-  with `deterministic`."""
+  with `deterministic`, or `bwd_overlap=True` at H > 128."""
   h, itemsize = kernel_head_dim(head_dim), jnp.dtype(dtype).itemsize
+  if config.bwd_overlap and h > 128:
+    raise ValueError(f"MosaicGpuConfig(bwd_overlap=True) serves head dims <= 128, not "
+                     f"{head_dim}: past them the dK/dV kernel's consumers share a tile")
   need = forward_smem_bytes(config, h, itemsize, interpret_form=False)
   if need > SMEM_BYTES:
     raise ValueError(

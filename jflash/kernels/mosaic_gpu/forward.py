@@ -107,7 +107,8 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
     def attend(q_tile, q_start, pos, sched, base, b, parity):
       """Online softmax over this item's stream entries (entries base, base + 1, ...
-      of the CTA's stream): (acc, m, l, q_pos), acc unnormalised, m in base-2 units."""
+      of the CTA's stream; `q_tile()` gives the query tile's ref): (acc, m, l, q_pos),
+      acc unnormalised, m in base-2 units."""
 
       # Ping-pong (FlashAttention-3): a consumer's PV product waits until the other has
       # issued its next QKᵀ, so one's softmax runs while the other's products do.
@@ -153,7 +154,7 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
         k_t = k_smem.at[slot] if interpretable else k_smem.at[slot].T
 
         def qk(acc_ref):
-          plgpu.wgmma(acc_ref, q_tile, k_t)
+          plgpu.wgmma(acc_ref, q_tile(), k_t)
           your_turn()
           return acc_ref[...]
 
@@ -220,6 +221,11 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       buf = lax.rem(k, jnp.int32(q_bufs))
       q_start = cta_start + wg * block_q
       q_tile = q_smem.at[buf, wg]
+      # The query tile as the steps address it. Past H = 128 its wgmma descriptors (16
+      # per product), hoisted out of the key loop by LLVM, stay live and spill (40-80
+      # bytes); indexed through common.opaque they are formed in each step.
+      opaque = common.opaque if q_smem.shape[-1] > 128 else (lambda i: i)
+      q_at = lambda: q_smem.at[opaque(buf), opaque(wg)]
       # The previous item's output stores read the shared memory this one reuses.
       plgpu.wait_smem_to_gmem(0, wait_read_only=True)
       if q_bufs == 1:
@@ -227,7 +233,7 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       else:  # prefetch the next item's queries while this one runs
         pl.when(k + 1 < local_items)(lambda: load_q(k + 1))
       plgpu.barrier_wait(q_full.at[buf * CONSUMERS + wg])
-      acc, m, l, q_pos = attend(q_tile, q_start, pos, sched, base, b, lax.rem(k, 2))
+      acc, m, l, q_pos = attend(q_at, q_start, pos, sched, base, b, lax.rem(k, 2))
       # A row that saw no key, or a padding row (q_lengths): out = 0, lse = -inf.
       empty = l == 0.0
       if spec.q_lengths:
@@ -277,7 +283,7 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 def _overlapped(c_lo, c_hi, carry, *, fresh, sched, base, softmax, q_tile, ring, k_smem, v_smem,
                 k_full, v_full, k_free, v_free, your_turn, my_turn, shape):
   """A consumer's unmasked stream entries [c_lo, c_hi) with its softmax overlapping its
-  own matrix multiplies.
+  own matrix multiplies (`q_tile()`: the query tile's ref).
 
   FlashAttention-3's intra-warpgroup pipelining (Shah et al. 2024, Algorithm 2): step e
   issues Sₑ = Q Kₑᵀ and then O += Pₑ₋₁ Vₑ₋₁, waits only for Sₑ (`wait_n=1`), computes
@@ -301,7 +307,7 @@ def _overlapped(c_lo, c_hi, carry, *, fresh, sched, base, softmax, q_tile, ring,
     plgpu.barrier_wait(k_full.at[slot])
 
     def qk(s_ref):
-      plgpu.wgmma(s_ref, q_tile, k_smem.at[slot].T)
+      plgpu.wgmma(s_ref, q_tile(), k_smem.at[slot].T)
       your_turn()
       return s_ref[...]
 
@@ -323,7 +329,7 @@ def _overlapped(c_lo, c_hi, carry, *, fresh, sched, base, softmax, q_tile, ring,
       o_ref, m_ref, l_ref, p_ref, alpha_ref = refs
 
       def with_s(s_ref):
-        plgpu.wgmma(s_ref, q_tile, k_smem.at[slot].T)
+        plgpu.wgmma(s_ref, q_tile(), k_smem.at[slot].T)
         plgpu.wgmma(o_ref, p_prev, v_smem.at[prev])
         your_turn()
         s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # Sₑ; the PV still runs
