@@ -18,7 +18,8 @@ Setup once (pip, gcc, a CUDA 13 ptxas): ``bash benchmarks/ptxas_cpu/setup.sh DIR
 CASE is H:T:CAUSAL:MODE[:field=value,...] with MODE fwd (the forward), bwd (the
 deterministic backward: dQ and dK/dV kernels) or fused (the fused backward), B = 1,
 N = 2048 / H, bf16, the default tiles for (H, causal, T) with the MosaicGpuConfig fields
-given overridden (e.g. 64:16384:1:fused:bwd_block_q=128). Prints one line per kernel:
+given overridden (e.g. 64:16384:1:fused:bwd_block_q=128), soft_cap=C for logits
+soft-capped at C, window=L/R for a local window of L keys left and R right. Prints one line per kernel:
 registers, spill stores and loads (bytes), stack frame, and ptxas's performance
 warnings (e.g. C7513, serialised wgmma). --sass OUT writes each kernel's PTX, ptxas
 report and SASS there (one file per kernel; spills are the STL/LDL instructions).
@@ -50,22 +51,18 @@ def parse_case(text):
   for item in (parts[4].split(",") if len(parts) == 5 and parts[4] else []):
     key, value = item.split("=")
     overrides[key] = (None if value == "None" else value == "True" if value in ("True", "False")
+                      else float(value) if key == "soft_cap"
+                      else tuple(int(x) for x in value.split("/")) if key == "window"
                       else int(value))
   return int(parts[0]), int(parts[1]), parts[2] == "1", parts[3], overrides
 
 
-def lower(h, t, causal, mode, overrides=None):
-  """Lowers jflash's Mosaic GPU forward or backward for cuda on this machine; returns the
-  captured Mosaic GPU modules as (name, text, serialized bytecode) triples."""
-  import jax
-  import jax.numpy as jnp
+@contextlib.contextmanager
+def capturing():
+  """Within the block, Mosaic GPU modules lowered (for cuda) are captured; yields the
+  list of (name, text, serialized bytecode) triples, as the custom call carries them."""
   from jax.experimental.mosaic.gpu import core as mosaic_core
   from jax._src.pallas.mosaic_gpu import pallas_call_registration
-  from jflash.kernels.mosaic_gpu import backward, forward
-  from jflash.kernels.mosaic_gpu.config import default_config
-  from jflash.masks import MaskSpec
-  from jflash.scores import ScoreMod
-
   modules, original = [], mosaic_core._mosaic_gpu_lowering_rule
 
   def capture(ctx, *args, module, **kwargs):
@@ -77,22 +74,39 @@ def lower(h, t, causal, mode, overrides=None):
     modules.append((name, text, buffer.getvalue()))
     return original(ctx, *args, module=module, **kwargs)
 
+  pallas_call_registration.mgpu.core._mosaic_gpu_lowering_rule = capture
+  try:
+    yield modules
+  finally:
+    pallas_call_registration.mgpu.core._mosaic_gpu_lowering_rule = original
+
+
+def lower(h, t, causal, mode, overrides=None):
+  """Lowers jflash's Mosaic GPU forward or backward for cuda on this machine; returns the
+  captured Mosaic GPU modules as (name, text, serialized bytecode) triples."""
+  import jax
+  import jax.numpy as jnp
+  from jflash.kernels.mosaic_gpu import backward, forward
+  from jflash.kernels.mosaic_gpu.config import default_config
+  from jflash.masks import MaskSpec
+  from jflash.scores import ScoreMod
+
   fused = mode == "fused"
   b, n = 1, max(1, 2048 // h)
   q = jax.ShapeDtypeStruct((b, t, n, h), jnp.bfloat16)
   rows = jax.ShapeDtypeStruct((b, t, n), jnp.float32)
   config = default_config(h, causal, t, deterministic=not fused)
-  config = dataclasses.replace(config, **{"bwd_fused": fused, **(overrides or {})})
-  spec = MaskSpec(q_len=t, kv_len=t, is_causal=causal)
+  overrides = dict(overrides or {})
+  score_mod = ScoreMod(soft_cap=overrides.pop("soft_cap", None))
+  window = overrides.pop("window", None)
+  config = dataclasses.replace(config, **{"bwd_fused": fused, **overrides})
+  spec = MaskSpec(q_len=t, kv_len=t, is_causal=causal, window=window)
   kernels, args = ((forward.forward, (q, q, q)) if mode == "fwd" else
                    (backward.backward, (q, q, q, rows, rows, q)))
-  f = functools.partial(kernels, scale=h ** -0.5, spec=spec, score_mod=ScoreMod(),
+  f = functools.partial(kernels, scale=h ** -0.5, spec=spec, score_mod=score_mod,
                         config=config, interpretable=False)
-  pallas_call_registration.mgpu.core._mosaic_gpu_lowering_rule = capture
-  try:
+  with capturing() as modules:
     jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",))
-  finally:
-    pallas_call_registration.mgpu.core._mosaic_gpu_lowering_rule = original
   return modules
 
 

@@ -107,7 +107,7 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
     def attend(q_tile, q_start, pos, sched, base, b, parity):
       """Online softmax over this item's stream entries (entries base, base + 1, ...
-      of the CTA's stream; `q_tile()` gives the query tile's ref): (acc, m, l, q_pos),
+      of the CTA's stream; `q_tile()` gives the query tile's ref): (acc, m, l),
       acc unnormalised, m in base-2 units."""
 
       # Ping-pong (FlashAttention-3): a consumer's PV product waits until the other has
@@ -125,21 +125,19 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
 
       c = 1.0 if score_mod.active else scale * LOG2E  # logits -> base-2 exponents
       shape = (block_q, block_kv)
-      q_pos = q_start + plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
-      kv_iota = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=plgpu.Layout.WGMMA)
       q_seg = ex.segment_ids("q_seg", b, q_start, block_q, 0) if spec.segment_ids else None
 
-      def visible(j, kv_pos):
+      def visible(j):
+        q_pos, kv_pos = common.positions(q_start, j * block_kv, shape)
         return variants.visible(ex, spec, pos, b, q_pos, kv_pos, q_seg, j * block_kv, 0,
                                 extents)
 
       def softmax(s, m, l, j, masked):
         """(P in the input dtype, new m, new l, alpha) after raw scores s of key tile j."""
-        kv_pos = j * block_kv + kv_iota
-        if score_mod.active:
-          s = score_mod.logits(s * scale, q_pos=q_pos + pos.offset, kv_pos=kv_pos) * LOG2E
+        if score_mod.active:  # soft-cap (the backend serves no ALiBi: no positions)
+          s = score_mod.logits(s * scale) * LOG2E
         if masked:
-          s = jnp.where(visible(j, kv_pos), s, -jnp.inf)
+          s = jnp.where(visible(j), s, -jnp.inf)
         m_new = jnp.maximum(m, s.max(axis=1) * c)
         # A row with nothing visible yet keeps m = -inf; exponentiate against 0 instead.
         m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
@@ -214,7 +212,7 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       # An item without tiles: consumer 0 took no turn, so it waits for consumer 1 here.
       pl.when((wg == 1) & (sched.count == 0))(your_turn)
       pl.when((wg == 0) & (sched.count == 0))(my_turn)
-      return acc, m, l, q_pos
+      return acc, m, l
 
     def one_item(k, base):
       head, b, cta_start, pos, sched = item(k)
@@ -233,11 +231,13 @@ def _forward_kernel(*refs, names: tuple[str, ...], scale: float, spec: MaskSpec,
       else:  # prefetch the next item's queries while this one runs
         pl.when(k + 1 < local_items)(lambda: load_q(k + 1))
       plgpu.barrier_wait(q_full.at[buf * CONSUMERS + wg])
-      acc, m, l, q_pos = attend(q_at, q_start, pos, sched, base, b, lax.rem(k, 2))
+      acc, m, l = attend(q_at, q_start, pos, sched, base, b, lax.rem(k, 2))
       # A row that saw no key, or a padding row (q_lengths): out = 0, lse = -inf.
       empty = l == 0.0
       if spec.q_lengths:
-        empty = empty | (jnp.where(q_pos < pos.q_len, 1.0, 0.0).max(axis=1) == 0.0)
+        rows = q_start + plgpu.broadcasted_iota(jnp.int32, (block_q,), 0,
+                                                layout=plgpu.Layout.WGMMA.reduce(1))
+        empty = empty | (rows >= pos.q_len)
       inv = jnp.where(empty, 0.0, 1.0 / jnp.where(empty, 1.0, l))
       q_tile[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(q_ref.dtype)
       lse_smem.at[wg][...] = jnp.where(empty, -jnp.inf, (m + jnp.log2(l)) * LN2)
