@@ -157,7 +157,10 @@ def backward(q, k, v, lse, delta, do, operands: Operands = Operands(), *, scale:
   overlaps = lambda rows, cols: h_pad <= 128 and rows * cols <= 64 * 64
   # The fused kernel overlaps only at H = 64 (64 x 64 tiles: no spills; 0.99x the serial
   # order at T=16k causal, H200, session 9); at H = 128 it spilled and ran 0.4-0.8x
-  # (session 4). config.bwd_overlap, if set, decides for every kernel instead.
+  # (session 4). Since session 15 (common.positions, common.opaque) ptxas reports no
+  # spills in the overlapped forms at H = 64's 128-query tiles nor in the fused kernel at
+  # H = 128; they are not re-measured yet. config.bwd_overlap, if set, decides for every
+  # kernel instead.
   if config.bwd_overlap is not None:
     overlaps = lambda rows, cols: config.bwd_overlap
   overlap = overlaps(block_q, block_kv)
