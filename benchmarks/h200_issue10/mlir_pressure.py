@@ -21,12 +21,7 @@ spills more than its loop bodies' pressure says: see BUILD_NOTES, session 14).
 MODE: 0 the deterministic backward, 1 the fused backward, fwd the forward (default
 configs for H, T; B = 1, N = 2048 / H). OUT: a folder to write the modules to.
 """
-import collections, dataclasses, functools, os, re, sys
-
-import jax
-import jax.numpy as jnp
-from jax.experimental.mosaic.gpu import core as mosaic_core
-from jax._src.pallas.mosaic_gpu import pallas_call_registration
+import collections, os, re, sys
 
 VIEWS = {"vector.extract_strided_slice", "vector.extract", "vector.shuffle", "vector.bitcast",
          "llvm.bitcast", "llvm.extractelement", "llvm.insertelement", "vector.insert",
@@ -144,33 +139,12 @@ def pressure(text, out=sys.stdout):
 
 def main():
   h, t, causal, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
-  fused = mode == "1"
   out_dir = sys.argv[5] if len(sys.argv) > 5 else None
-  modules = []
-  original = mosaic_core._mosaic_gpu_lowering_rule
-
-  def capture(ctx, *args, module, **kwargs):
-    modules.append(str(module.operation))
-    return original(ctx, *args, module=module, **kwargs)
-
-  pallas_call_registration.mgpu.core._mosaic_gpu_lowering_rule = capture
-  from jflash.kernels.mosaic_gpu import backward, forward
-  from jflash.kernels.mosaic_gpu.config import default_config
-  from jflash.masks import MaskSpec
-  from jflash.scores import ScoreMod
-  b, n = 1, 2048 // h
-  q = jax.ShapeDtypeStruct((b, t, n, h), jnp.bfloat16)
-  rows = jax.ShapeDtypeStruct((b, t, n), jnp.float32)
-  config = dataclasses.replace(default_config(h, causal, t, deterministic=not fused),
-                               bwd_fused=fused)
-  spec = MaskSpec(q_len=t, kv_len=t, is_causal=causal)
-  kernels, args = ((forward.forward, (q, q, q)) if mode == "fwd" else
-                   (backward.backward, (q, q, q, rows, rows, q)))
-  f = functools.partial(kernels, scale=h ** -0.5, spec=spec, score_mod=ScoreMod(),
-                        config=config, interpretable=False)
-  jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",))
-  for text in modules:
-    name = re.search(r"module @(\w+)", text).group(1)
+  # The lowering and capture are ptxas_cpu.py's (MODE 0 / 1 there: bwd / fused).
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                  "ptxas_cpu"))
+  import ptxas_cpu
+  for name, text, _ in ptxas_cpu.lower(h, t, causal, {"0": "bwd", "1": "fused"}.get(mode, mode)):
     print(f"{name} (H={h}, T={t}, causal={int(causal)}, mode={mode}):")
     if out_dir:
       with open(os.path.join(out_dir, f"{name}_h{h}_t{t}_c{int(causal)}_{mode}.mlir"), "w") as fh:
