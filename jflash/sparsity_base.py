@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import operator
 import numbers
 
 import numpy as np
@@ -116,8 +117,27 @@ def _parts(cls, masks: tuple) -> tuple[Mask, ...]:
   return tuple(flat)
 
 
+class _Combination(Mask):
+  """And / Or: `masks` combined elementwise by the subclass's `_combine`."""
+
+  masks: tuple[Mask, ...]
+
+  def __init__(self, *masks: Mask):
+    object.__setattr__(self, "masks", _parts(type(self), masks))
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}({', '.join(map(repr, self.masks))})"
+
+  def __call__(self, q_idx, kv_idx) -> np.ndarray:
+    return functools.reduce(self._combine, (m(q_idx, kv_idx) for m in self.masks))
+
+  def check(self, q_len: int, kv_len: int) -> None:
+    for m in self.masks:
+      m.check(q_len, kv_len)
+
+
 @dataclasses.dataclass(frozen=True, init=False, repr=False)
-class And(Mask):
+class And(_Combination):
   """Visible where every part is: ``And(a, b)`` is ``a & b``.
 
   Nested Ands are flattened: ``a & b & c == And(a, b, c)``. ``Causal() & LocalWindow(1,
@@ -136,22 +156,7 @@ class And(Mask):
   """
 
   masks: tuple[Mask, ...]
-
-  def __init__(self, *masks: Mask):
-    object.__setattr__(self, "masks", _parts(And, masks))
-
-  def __repr__(self) -> str:
-    return f"And({', '.join(map(repr, self.masks))})"
-
-  def __call__(self, q_idx, kv_idx) -> np.ndarray:
-    out = self.masks[0](q_idx, kv_idx)
-    for m in self.masks[1:]:
-      out = out & m(q_idx, kv_idx)
-    return out
-
-  def check(self, q_len: int, kv_len: int) -> None:
-    for m in self.masks:
-      m.check(q_len, kv_len)
+  _combine = staticmethod(operator.and_)
 
   def _row_intervals(self, q_idx, kv_len):
     runs = [m._row_intervals(q_idx, kv_len) for m in self.masks]
@@ -162,7 +167,7 @@ class And(Mask):
 
 
 @dataclasses.dataclass(frozen=True, init=False, repr=False)
-class Or(Mask):
+class Or(_Combination):
   """Visible where any part is: ``Or(a, b)`` is ``a | b``.
 
   Nested Ors are flattened: ``a | b | c == Or(a, b, c)``. ``GlobalTokens(1) |
@@ -181,19 +186,4 @@ class Or(Mask):
   """
 
   masks: tuple[Mask, ...]
-
-  def __init__(self, *masks: Mask):
-    object.__setattr__(self, "masks", _parts(Or, masks))
-
-  def __repr__(self) -> str:
-    return f"Or({', '.join(map(repr, self.masks))})"
-
-  def __call__(self, q_idx, kv_idx) -> np.ndarray:
-    out = self.masks[0](q_idx, kv_idx)
-    for m in self.masks[1:]:
-      out = out | m(q_idx, kv_idx)
-    return out
-
-  def check(self, q_len: int, kv_len: int) -> None:
-    for m in self.masks:
-      m.check(q_len, kv_len)
+  _combine = staticmethod(operator.or_)
